@@ -1,0 +1,22 @@
+# walkeeper — build and test. `make test` is the command CI runs (.ci/run).
+GO ?= go
+BIN := bin/walkeeper
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: build test vet bench clean
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/walkeeper
+
+# All tests, integration included: real PostgreSQL 15 and a real S3 server.
+test:
+	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above"; exit 1)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+# Benchmarks measure speed and memory; tests never time anything.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+// Exit codes, documented in --help and README.md.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 2
+	exitLocked   = 3
+	exitNotFound = 4 // wal-fetch: the requested file is not in the repository
+)
+
+// usageError is a mistake on the command line or in the configuration.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// exitCode maps an error returned by a command onto the documented codes.
+func exitCode(err error) int {
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, errLocked):
+		return exitLocked
+	case errors.Is(err, storage.ErrNotFound) && errors.Is(err, errWALFetch):
+		return exitNotFound
+	}
+	return exitFailure
+}
+
+// Sentinels that commands wrap to pick their exit code.
+var (
+	errLocked   = errors.New("repository is locked by another run")
+	errWALFetch = errors.New("wal-fetch")
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newApp().RunContext(ctx, os.Args)
+	stop()
+	code := exitCode(err)
+	if err != nil && code != exitNotFound {
+		// One line, whatever the error wraps.
+		msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+		fmt.Fprintln(os.Stderr, "walkeeper: "+msg)
+	}
+	os.Exit(code)
+}

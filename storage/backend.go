@@ -1,0 +1,128 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// ObjectInfo describes one stored object as the backend sees it.
+type ObjectInfo struct {
+	// Key is the object's full key, relative to the backend's root.
+	Key string
+	// Size is the stored size in bytes (after compression and framing).
+	Size int64
+	// ModTime is when the backend last wrote the object.
+	ModTime time.Time
+}
+
+// Backend stores byte streams under keys. Keys are slash-separated relative
+// paths made of the characters [A-Za-z0-9._-/]; no segment is empty, "." or
+// "..", and no segment starts with "." (those names are reserved for the
+// backends' temporary files).
+//
+// The contract every implementation keeps, and that storagetest checks:
+//
+//   - Put reads r to EOF and stores the bytes under key. The object becomes
+//     visible all at once when Put returns nil, and is durable then. If r
+//     returns an error, ctx is cancelled, or anything else fails, Put returns
+//     an error and no new object is visible; an object that existed before
+//     under key is left as it was. Put on an existing key replaces it
+//     atomically: readers see the old content or the new, never a mixture.
+//     Memory used by Put is bounded, independent of the object's size.
+//   - Get returns a reader of length bytes starting at offset off; a
+//     negative length means up to the end. The caller closes the reader.
+//     A missing key gives an error matching ErrNotFound.
+//   - Stat returns the object's info, or an error matching ErrNotFound.
+//   - List calls fn exactly once for each object whose key starts with
+//     prefix, in lexical key order. If fn returns an error, List stops and
+//     returns it. Temporary files of unfinished Puts are never listed.
+//   - Delete removes the object. Deleting a missing key is not an error.
+//
+// Every method honours ctx: cancellation or a deadline ends the call.
+type Backend interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error)
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	Delete(ctx context.Context, key string) error
+	// String names the backend for log lines, e.g. "s3://bucket/prefix".
+	String() string
+}
+
+// Errors a caller can classify with errors.Is.
+var (
+	// ErrNotFound: the object does not exist.
+	ErrNotFound = errors.New("object not found")
+	// ErrCorrupt: the object's content does not match its recorded checksum,
+	// or its framing is damaged.
+	ErrCorrupt = errors.New("object is corrupt")
+	// ErrExists: a write-once object already exists with other content.
+	ErrExists = errors.New("object already exists")
+)
+
+// permanentError marks an error that retrying cannot fix: no space left, no
+// permission, bad credentials, a missing bucket.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as one that retrying will not fix. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	var p *permanentError
+	if errors.As(err, &p) {
+		return err
+	}
+	return &permanentError{err: err}
+}
+
+// IsPermanent reports whether err (or anything it wraps) was marked
+// permanent, or is a not-found or corruption error, which retrying cannot fix
+// either.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) ||
+		errors.Is(err, ErrExists)
+}
+
+// IsRetryable reports whether trying the same operation again may succeed:
+// any error that is not permanent and not a cancellation by the caller.
+func IsRetryable(err error) bool {
+	if err == nil || IsPermanent(err) {
+		return false
+	}
+	return !errors.Is(err, context.Canceled)
+}
+
+// ValidateKey checks key against the rules in the Backend contract.
+func ValidateKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("invalid object key %q: empty", key)
+	}
+	start := 0
+	for i := 0; i <= len(key); i++ {
+		if i < len(key) {
+			c := key[i]
+			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+				c == '.' || c == '_' || c == '-' || c == '/'
+			if !ok {
+				return fmt.Errorf("invalid object key %q: character %q not allowed", key, c)
+			}
+			if c != '/' {
+				continue
+			}
+		}
+		seg := key[start:i]
+		if seg == "" || seg[0] == '.' {
+			return fmt.Errorf("invalid object key %q: empty or dot-prefixed path segment", key)
+		}
+		start = i + 1
+	}
+	return nil
+}

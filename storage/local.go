@@ -1,0 +1,273 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+// Local is a Backend on a local directory. Objects are regular files (mode
+// 0600) under the root, in directories (mode 0700) that mirror the key's
+// slashes.
+type Local struct {
+	root string
+}
+
+// NewLocal returns a backend rooted at dir, creating dir (0700) if needed.
+// dir must be an absolute path.
+func NewLocal(dir string) (*Local, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("local repository path %q is not absolute: give a full path such as /var/lib/walkeeper/repo", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, Permanent(fmt.Errorf("create repository directory: %w", err))
+	}
+	return &Local{root: filepath.Clean(dir)}, nil
+}
+
+func (l *Local) String() string { return l.root }
+
+func (l *Local) path(key string) (string, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", Permanent(err)
+	}
+	return filepath.Join(l.root, filepath.FromSlash(key)), nil
+}
+
+// classify marks filesystem errors that retrying cannot fix as permanent.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, fs.ErrPermission) ||
+		errors.Is(err, syscall.EROFS) {
+		return Permanent(err)
+	}
+	return err
+}
+
+// Put writes to a temporary file beside the target, checks the byte count,
+// fsyncs, renames into place and fsyncs the directory: the one place where
+// local durability happens.
+func (l *Local) Put(ctx context.Context, key string, r io.Reader) (err error) {
+	p, err := l.path(key)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(p)
+	if err := l.mkdirs(dir); err != nil {
+		return classify(fmt.Errorf("create directory for %s: %w", key, err))
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(dir, "."+filepath.Base(p)+".tmp-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return classify(fmt.Errorf("create %s: %w", tmp, err))
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	n, err := io.Copy(f, ctxReader{ctx: ctx, r: r})
+	if err != nil {
+		return classify(fmt.Errorf("write %s: %w", key, err))
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return classify(err)
+	}
+	if st.Size() != n {
+		return fmt.Errorf("write %s: wrote %d bytes but file has %d", key, n, st.Size())
+	}
+	if err := f.Sync(); err != nil {
+		return classify(fmt.Errorf("fsync %s: %w", key, err))
+	}
+	if err := f.Close(); err != nil {
+		return classify(fmt.Errorf("close %s: %w", key, err))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return classify(fmt.Errorf("rename %s: %w", key, err))
+	}
+	return classify(syncDir(dir))
+}
+
+// mkdirs creates dir and its missing parents with mode 0700, fsyncing each
+// parent so a new directory entry survives a crash.
+func (l *Local) mkdirs(dir string) error {
+	if st, err := os.Stat(dir); err == nil && st.IsDir() {
+		return nil
+	}
+	if err := l.mkdirs(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Get opens the file and returns a reader limited to the requested range.
+func (l *Local) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
+	p, err := l.path(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, classify(fmt.Errorf("open %s: %w", key, err))
+	}
+	if off > 0 {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			f.Close()
+			return nil, classify(err)
+		}
+	}
+	var r io.Reader = f
+	if length >= 0 {
+		r = io.LimitReader(f, length)
+	}
+	return readCloser{Reader: ctxReader{ctx: ctx, r: r}, Closer: f}, nil
+}
+
+// Stat returns the file's size and modification time.
+func (l *Local) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	p, err := l.path(key)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return ObjectInfo{}, classify(fmt.Errorf("stat %s: %w", key, err))
+	}
+	if !st.Mode().IsRegular() {
+		return ObjectInfo{}, fmt.Errorf("stat %s: %w: not a regular file", key, ErrNotFound)
+	}
+	return ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()}, nil
+}
+
+// List walks the directory tree below the deepest directory named by prefix.
+func (l *Local) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	start := l.root
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		start = filepath.Join(l.root, filepath.FromSlash(prefix[:i]))
+	}
+	var infos []ObjectInfo
+	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if strings.HasPrefix(d.Name(), ".") && p != start {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() || !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(l.root, p)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		st, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // deleted while listing
+			}
+			return err
+		}
+		infos = append(infos, ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return classify(fmt.Errorf("list %s: %w", prefix, err))
+	}
+	// WalkDir visits in lexical order of path elements, which differs from
+	// lexical key order when names contain characters below '/'.
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Key < infos[j].Key })
+	for _, info := range infos {
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete removes the file and fsyncs its directory.
+func (l *Local) Delete(ctx context.Context, key string) error {
+	p, err := l.path(key)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return classify(fmt.Errorf("delete %s: %w", key, err))
+	}
+	return classify(syncDir(filepath.Dir(p)))
+}
+
+// ctxReader stops a copy loop when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}

@@ -1,0 +1,367 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"sync"
+)
+
+// The object envelope. Every object the repository writes (WAL, history
+// files, backup archives, manifests) is stored as
+//
+//	header  16 bytes: "WALKEEP" 0x01 (format) | codec (1 byte) | 7 zero bytes
+//	body    the content compressed with the codec
+//	trailer 56 bytes: "WKSHA256" | uncompressed size (uint64, big endian) |
+//	        SHA-256 of the uncompressed content (32 bytes) |
+//	        CRC-32C of the stored header and body (uint32) | 4 zero bytes
+//
+// The trailer comes last so that writers can stream: neither the size nor
+// the checksums are known before the end. Readers hold back the final 56
+// bytes while decompressing and compare them at EOF. The SHA-256 proves the
+// content end to end; the CRC-32C also catches a flipped bit in a part of
+// the stored bytes a decoder ignores (a gzip timestamp, an unused flag).
+const (
+	headerSize  = 16
+	trailerSize = 56
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+var (
+	headerMagic  = []byte("WALKEEP\x01")
+	trailerMagic = []byte("WKSHA256")
+)
+
+// Meta is what an object's envelope records about its content.
+type Meta struct {
+	Codec Codec
+	// Size is the uncompressed content size.
+	Size int64
+	// SHA256 is the checksum of the uncompressed content.
+	SHA256 [32]byte
+	// StoredSize is the object's size in the backend.
+	StoredSize int64
+}
+
+// Hex returns the content checksum in hexadecimal.
+func (m Meta) Hex() string { return hex.EncodeToString(m.SHA256[:]) }
+
+func encodeHeader(c Codec) []byte {
+	h := make([]byte, headerSize)
+	copy(h, headerMagic)
+	h[len(headerMagic)] = byte(c)
+	return h
+}
+
+func decodeHeader(key string, h []byte) (Codec, error) {
+	if len(h) < headerSize || !bytes.Equal(h[:len(headerMagic)], headerMagic) {
+		return 0, fmt.Errorf("%s: %w: not a walkeeper object (bad header)", key, ErrCorrupt)
+	}
+	c := Codec(h[len(headerMagic)])
+	if _, ok := codecNames[c]; !ok {
+		return 0, fmt.Errorf("%s: %w: unknown codec %d (written by a newer walkeeper?)", key, ErrCorrupt, byte(c))
+	}
+	return c, nil
+}
+
+func encodeTrailer(size int64, sum []byte, crc uint32) []byte {
+	t := make([]byte, 0, trailerSize)
+	t = append(t, trailerMagic...)
+	t = binary.BigEndian.AppendUint64(t, uint64(size))
+	t = append(t, sum...)
+	t = binary.BigEndian.AppendUint32(t, crc)
+	return append(t, 0, 0, 0, 0)
+}
+
+type trailer struct {
+	size int64
+	sum  [32]byte
+	crc  uint32
+}
+
+func decodeTrailer(key string, t []byte) (trailer, error) {
+	var tr trailer
+	if len(t) != trailerSize || !bytes.Equal(t[:8], trailerMagic) {
+		return tr, fmt.Errorf("%s: %w: missing or damaged trailer (truncated object?)", key, ErrCorrupt)
+	}
+	tr.size = int64(binary.BigEndian.Uint64(t[8:16]))
+	copy(tr.sum[:], t[16:48])
+	tr.crc = binary.BigEndian.Uint32(t[48:52])
+	return tr, nil
+}
+
+// Writer streams one object into a backend. Bytes written are hashed,
+// compressed and piped into Backend.Put running in the background, so memory
+// stays bounded whatever the object's size. Nothing is visible under the key
+// until Close returns nil; Abort (or a failed Close) leaves nothing behind.
+type Writer struct {
+	key    string
+	codec  Codec
+	pw     *io.PipeWriter
+	out    *crcWriter
+	enc    io.WriteCloser
+	hash   hash.Hash
+	n      int64
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+var errAborted = errors.New("write aborted")
+
+func newWriter(ctx context.Context, b Backend, key string, c Codec) (*Writer, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, Permanent(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	pr, pw := io.Pipe()
+	w := &Writer{key: key, codec: c, pw: pw, out: &crcWriter{w: pw}, hash: sha256.New(), cancel: cancel,
+		done: make(chan error, 1)}
+	go func() {
+		err := b.Put(ctx, key, pr)
+		pr.CloseWithError(err) // nil closes: later writes fail, never hang
+		w.done <- err
+	}()
+	if _, err := w.out.Write(encodeHeader(c)); err != nil {
+		w.Abort()
+		return nil, w.putError(err)
+	}
+	enc, err := c.newWriter(w.out)
+	if err != nil {
+		w.Abort()
+		return nil, err
+	}
+	w.enc = enc
+	return w, nil
+}
+
+// Write compresses p into the object.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	w.hash.Write(p)
+	n, err := w.enc.Write(p)
+	w.n += int64(n)
+	if err != nil {
+		w.err = w.putError(err)
+		return n, w.err
+	}
+	return n, nil
+}
+
+// putError prefers the backend's own error over the pipe's echo of it.
+func (w *Writer) putError(err error) error {
+	if errors.Is(err, io.ErrClosedPipe) {
+		return fmt.Errorf("write %s: %w", w.key, err)
+	}
+	return err
+}
+
+// Size is the number of uncompressed bytes written so far.
+func (w *Writer) Size() int64 { return w.n }
+
+// Close finishes the object and waits until the backend has stored it
+// durably. It returns the object's Meta.
+func (w *Writer) Close() (Meta, error) {
+	if w.err != nil {
+		w.Abort()
+		return Meta{}, w.err
+	}
+	var m Meta
+	if err := w.enc.Close(); err != nil {
+		w.Abort()
+		return m, w.putError(err)
+	}
+	copy(m.SHA256[:], w.hash.Sum(nil))
+	m.Codec, m.Size = w.codec, w.n
+	if _, err := w.pw.Write(encodeTrailer(w.n, m.SHA256[:], w.out.crc)); err != nil {
+		w.Abort()
+		return m, w.putError(err)
+	}
+	w.pw.Close()
+	err := <-w.done
+	w.once.Do(w.cancel)
+	if err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// Abort cancels the write; nothing becomes visible under the key. It is
+// safe to call after Close.
+func (w *Writer) Abort() {
+	w.once.Do(func() {
+		w.pw.CloseWithError(errAborted)
+		w.cancel()
+		<-w.done
+	})
+}
+
+// Reader decompresses one object and checks its checksum. Read returns an
+// error matching ErrCorrupt instead of io.EOF when the content does not match
+// the trailer, so a full read that ends in io.EOF has been verified.
+type Reader struct {
+	key   string
+	body  io.ReadCloser
+	tail  *tailReader
+	dec   io.ReadCloser
+	codec Codec
+	hash  hash.Hash
+	n     int64
+	meta  Meta
+	err   error
+}
+
+func openReader(ctx context.Context, b Backend, key string) (*Reader, error) {
+	body, err := b.Get(ctx, key, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	h := make([]byte, headerSize)
+	if _, err := io.ReadFull(body, h); err != nil {
+		body.Close()
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("%s: %w: shorter than its header", key, ErrCorrupt)
+		}
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	c, err := decodeHeader(key, h)
+	if err != nil {
+		body.Close()
+		return nil, err
+	}
+	crc := crc32.Update(0, castagnoli, h)
+	tail := newTailReader(body, trailerSize)
+	tail.crc = crc
+	dec, err := c.newReader(tail)
+	if err != nil {
+		body.Close()
+		return nil, fmt.Errorf("%s: %w: %w", key, ErrCorrupt, err)
+	}
+	return &Reader{key: key, body: body, tail: tail, dec: dec, codec: c, hash: sha256.New()}, nil
+}
+
+// Read returns decompressed content.
+func (r *Reader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.dec.Read(p)
+	r.hash.Write(p[:n])
+	r.n += int64(n)
+	switch {
+	case err == io.EOF:
+		r.err = r.verify()
+		if r.err == nil {
+			r.err = io.EOF
+		}
+		return n, r.err
+	case err != nil:
+		if r.tail.err != nil { // the backend failed, not the content
+			r.err = fmt.Errorf("read %s: %w", r.key, r.tail.err)
+		} else {
+			r.err = fmt.Errorf("%s: %w: %w", r.key, ErrCorrupt, err)
+		}
+		return n, r.err
+	}
+	return n, nil
+}
+
+func (r *Reader) verify() error {
+	// The decoder may stop at the end of its frame; anything between that
+	// and the trailer is damage.
+	extra, err := io.Copy(io.Discard, r.tail)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", r.key, err)
+	}
+	if extra > 0 {
+		return fmt.Errorf("%s: %w: %d unexpected bytes after the compressed body", r.key, ErrCorrupt, extra)
+	}
+	tr, err := decodeTrailer(r.key, r.tail.held())
+	if err != nil {
+		return err
+	}
+	if tr.crc != r.tail.crc {
+		return fmt.Errorf("%s: %w: CRC-32C of the stored bytes does not match", r.key, ErrCorrupt)
+	}
+	if tr.size != r.n {
+		return fmt.Errorf("%s: %w: content is %d bytes, trailer says %d", r.key, ErrCorrupt, r.n, tr.size)
+	}
+	if !bytes.Equal(tr.sum[:], r.hash.Sum(nil)) {
+		return fmt.Errorf("%s: %w: SHA-256 mismatch", r.key, ErrCorrupt)
+	}
+	r.meta = Meta{Codec: r.codec, Size: tr.size, SHA256: tr.sum}
+	return nil
+}
+
+// Meta is valid after Read has returned io.EOF.
+func (r *Reader) Meta() Meta { return r.meta }
+
+// Close releases the decoder and the backend stream.
+func (r *Reader) Close() error {
+	r.dec.Close()
+	return r.body.Close()
+}
+
+// tailReader passes through everything but the last k bytes of r.
+type tailReader struct {
+	r   io.Reader
+	k   int
+	b   []byte
+	eof bool
+	err error
+	crc uint32 // CRC-32C of the bytes passed through
+}
+
+func newTailReader(r io.Reader, k int) *tailReader {
+	return &tailReader{r: r, k: k, b: make([]byte, 0, k+64<<10)}
+}
+
+func (t *tailReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for len(t.b) <= t.k && !t.eof {
+		n, err := t.r.Read(t.b[len(t.b):cap(t.b)])
+		t.b = t.b[:len(t.b)+n]
+		if err == io.EOF {
+			t.eof = true
+		} else if err != nil {
+			t.err = err
+			return 0, err
+		}
+	}
+	avail := len(t.b) - t.k
+	if avail <= 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, t.b[:avail])
+	t.crc = crc32.Update(t.crc, castagnoli, p[:n])
+	t.b = t.b[:copy(t.b, t.b[n:])]
+	return n, nil
+}
+
+// crcWriter computes the CRC-32C of what passes through it.
+type crcWriter struct {
+	w   io.Writer
+	crc uint32
+}
+
+func (c *crcWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.crc = crc32.Update(c.crc, castagnoli, p[:n])
+	return n, err
+}
+
+// held returns the withheld bytes; after EOF they are the trailer.
+func (t *tailReader) held() []byte { return t.b }

@@ -1,0 +1,439 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+)
+
+// S3Options configures the S3 backend. Credentials come from the standard
+// AWS chain (environment, shared files, profiles, instance roles).
+type S3Options struct {
+	Bucket string
+	// Prefix is prepended to every key; "" or a path ending in "/".
+	Prefix string
+	// Endpoint, when set, points the client at an S3-compatible server.
+	Endpoint string
+	// Region defaults to the AWS chain's region, else us-east-1.
+	Region string
+	// PathStyle addresses buckets as endpoint/bucket instead of bucket.endpoint.
+	PathStyle bool
+	// PartSize is the multipart part size (default 8 MiB, minimum 5 MiB).
+	// Memory used by one Put is about (Concurrency+1) × PartSize.
+	PartSize int64
+	// Concurrency is how many parts of one object upload at once (default 4).
+	Concurrency int
+	// MaxAttempts is the number of tries per request, with exponential
+	// backoff and jitter between them (default 6).
+	MaxAttempts int
+	// Timeout bounds every single request, a part upload included
+	// (default 5 minutes). A streaming download is cancelled when no byte
+	// arrives for this long.
+	Timeout time.Duration
+}
+
+const (
+	defaultPartSize = 8 << 20
+	minPartSize     = 5 << 20
+	maxParts        = 10000
+)
+
+// S3 is a Backend on an S3 bucket.
+type S3 struct {
+	client *s3.Client
+	opts   S3Options
+}
+
+// NewS3 builds a client from the AWS credential chain and opts. It makes no
+// network call.
+func NewS3(ctx context.Context, opts S3Options) (*S3, error) {
+	if opts.Bucket == "" {
+		return nil, Permanent(errors.New("S3 repository needs a bucket: use s3://BUCKET/PREFIX"))
+	}
+	if opts.Prefix != "" && !strings.HasSuffix(opts.Prefix, "/") {
+		opts.Prefix += "/"
+	}
+	if opts.PartSize == 0 {
+		opts.PartSize = defaultPartSize
+	}
+	if opts.PartSize < minPartSize {
+		return nil, Permanent(fmt.Errorf("S3 part size %d is below the S3 minimum of 5 MiB", opts.PartSize))
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 4
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 6
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Minute
+	}
+	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+		t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		t.TLSHandshakeTimeout = 10 * time.Second
+		t.ResponseHeaderTimeout = opts.Timeout
+		t.MaxIdleConnsPerHost = opts.Concurrency * 2
+	})
+	loadOpts := []func(*config.LoadOptions) error{
+		config.WithHTTPClient(httpClient),
+		config.WithRetryer(func() aws.Retryer {
+			return retry.NewStandard(func(o *retry.StandardOptions) {
+				o.MaxAttempts = opts.MaxAttempts
+				o.MaxBackoff = 20 * time.Second
+			})
+		}),
+	}
+	if opts.Region != "" {
+		loadOpts = append(loadOpts, config.WithRegion(opts.Region))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, Permanent(fmt.Errorf("load AWS configuration: %w", err))
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
+		if opts.Endpoint != "" {
+			o.BaseEndpoint = aws.String(opts.Endpoint)
+		}
+		o.UsePathStyle = opts.PathStyle
+		// S3-compatible servers differ in their support of the newer
+		// flexible checksums; walkeeper checks content with its own SHA-256.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	})
+	return &S3{client: client, opts: opts}, nil
+}
+
+func (b *S3) String() string { return "s3://" + b.opts.Bucket + "/" + b.opts.Prefix }
+
+func (b *S3) key(key string) (string, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", Permanent(err)
+	}
+	return b.opts.Prefix + key, nil
+}
+
+// classifyS3 maps S3 errors onto the package's error classes.
+func classifyS3(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var nsk *types.NoSuchKey
+	var nf *types.NotFound
+	if errors.As(err, &nsk) || errors.As(err, &nf) {
+		return fmt.Errorf("%s %s: %w", op, key, ErrNotFound)
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		code := re.HTTPStatusCode()
+		if code == http.StatusNotFound {
+			var ae smithy.APIError
+			if errors.As(err, &ae) && ae.ErrorCode() == "NoSuchBucket" {
+				return Permanent(fmt.Errorf("%s %s: bucket does not exist: create it or fix --repo: %w", op, key, err))
+			}
+			return fmt.Errorf("%s %s: %w: %w", op, key, ErrNotFound, err)
+		}
+		if code >= 400 && code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests {
+			return Permanent(fmt.Errorf("%s %s: %w", op, key, err))
+		}
+	}
+	return fmt.Errorf("%s %s: %w", op, key, err)
+}
+
+func (b *S3) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, b.opts.Timeout)
+}
+
+// partSize grows the part size as an upload gets long so an object can
+// exceed PartSize × 10000: it doubles every 2000 parts.
+func (b *S3) partSize(partNumber int) int64 {
+	return b.opts.PartSize << ((partNumber - 1) / 2000)
+}
+
+// Put uploads small objects with one PutObject and larger ones as a
+// multipart upload with at most Concurrency parts in flight. Memory is
+// bounded by (Concurrency+1) part buffers. Any failure aborts the upload, so
+// no object becomes visible.
+func (b *S3) Put(ctx context.Context, key string, r io.Reader) error {
+	k, err := b.key(key)
+	if err != nil {
+		return err
+	}
+	r = ctxReader{ctx: ctx, r: r}
+	first := make([]byte, b.partSize(1))
+	n, err := io.ReadFull(r, first)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		cctx, cancel := b.callCtx(ctx)
+		defer cancel()
+		_, err := b.client.PutObject(cctx, &s3.PutObjectInput{
+			Bucket:        aws.String(b.opts.Bucket),
+			Key:           aws.String(k),
+			Body:          bytes.NewReader(first[:n]),
+			ContentLength: aws.Int64(int64(n)),
+		})
+		return classifyS3("upload", key, err)
+	}
+	if err != nil {
+		return fmt.Errorf("upload %s: read: %w", key, err)
+	}
+	return b.multipart(ctx, key, k, r, first)
+}
+
+func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []byte) (err error) {
+	cctx, cancel := b.callCtx(ctx)
+	out, err := b.client.CreateMultipartUpload(cctx, &s3.CreateMultipartUploadInput{
+		Bucket: aws.String(b.opts.Bucket),
+		Key:    aws.String(k),
+	})
+	cancel()
+	if err != nil {
+		return classifyS3("start upload", key, err)
+	}
+	uploadID := out.UploadId
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Abort even when ctx is cancelled: the upload must not linger.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_, _ = b.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
+			Bucket: aws.String(b.opts.Bucket), Key: aws.String(k), UploadId: uploadID,
+		})
+	}()
+
+	uctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu       sync.Mutex
+		parts    []types.CompletedPart
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	fail := func(e error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = e
+		}
+		mu.Unlock()
+		stop()
+	}
+	free := make(chan []byte, b.opts.Concurrency+1)
+	sem := make(chan struct{}, b.opts.Concurrency)
+	buf, last := first, false
+	for num := int32(1); ; num++ {
+		select {
+		case sem <- struct{}{}:
+		case <-uctx.Done():
+		}
+		if uctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func(num int32, data []byte) {
+			defer wg.Done()
+			defer func() {
+				<-sem
+				select {
+				case free <- data[:cap(data)]:
+				default:
+				}
+			}()
+			pctx, cancel := b.callCtx(uctx)
+			defer cancel()
+			res, err := b.client.UploadPart(pctx, &s3.UploadPartInput{
+				Bucket: aws.String(b.opts.Bucket), Key: aws.String(k), UploadId: uploadID,
+				PartNumber: aws.Int32(num), Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+			})
+			if err != nil {
+				fail(classifyS3(fmt.Sprintf("upload part %d of", num), key, err))
+				return
+			}
+			mu.Lock()
+			parts = append(parts, types.CompletedPart{ETag: res.ETag, PartNumber: aws.Int32(num)})
+			mu.Unlock()
+		}(num, buf)
+		if last {
+			break
+		}
+		if num >= maxParts {
+			fail(Permanent(fmt.Errorf("upload %s: object exceeds %d parts: raise the S3 part size", key, maxParts)))
+			break
+		}
+		size := b.partSize(int(num) + 1)
+		var next []byte
+		select {
+		case next = <-free:
+			if int64(cap(next)) < size {
+				next = nil
+			}
+		default:
+		}
+		if next == nil {
+			next = make([]byte, size)
+		}
+		next = next[:size]
+		n, rerr := io.ReadFull(r, next)
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil && rerr != io.ErrUnexpectedEOF {
+			fail(fmt.Errorf("upload %s: read: %w", key, rerr))
+			break
+		}
+		buf, last = next[:n], rerr == io.ErrUnexpectedEOF
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
+	cctx, cancel = b.callCtx(ctx)
+	defer cancel()
+	_, err = b.client.CompleteMultipartUpload(cctx, &s3.CompleteMultipartUploadInput{
+		Bucket: aws.String(b.opts.Bucket), Key: aws.String(k), UploadId: uploadID,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+	})
+	return classifyS3("complete upload", key, err)
+}
+
+// Get streams a range of the object. The download is cancelled when no
+// data arrives for the configured Timeout.
+func (b *S3) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
+	k, err := b.key(key)
+	if err != nil {
+		return nil, err
+	}
+	in := &s3.GetObjectInput{Bucket: aws.String(b.opts.Bucket), Key: aws.String(k)}
+	if off > 0 || length >= 0 {
+		if length == 0 {
+			return io.NopCloser(bytes.NewReader(nil)), nil
+		}
+		rng := fmt.Sprintf("bytes=%d-", off)
+		if length > 0 {
+			rng += fmt.Sprint(off + length - 1)
+		}
+		in.Range = aws.String(rng)
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	timer := time.AfterFunc(b.opts.Timeout, cancel)
+	out, err := b.client.GetObject(gctx, in)
+	if err != nil {
+		timer.Stop()
+		cancel()
+		var re *awshttp.ResponseError
+		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusRequestedRangeNotSatisfiable {
+			return io.NopCloser(bytes.NewReader(nil)), nil
+		}
+		return nil, classifyS3("download", key, err)
+	}
+	return &idleReader{body: out.Body, timer: timer, idle: b.opts.Timeout, cancel: cancel}, nil
+}
+
+// idleReader cancels a download that makes no progress for idle.
+type idleReader struct {
+	body   io.ReadCloser
+	timer  *time.Timer
+	idle   time.Duration
+	cancel context.CancelFunc
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.body.Read(p)
+	if n > 0 {
+		r.timer.Reset(r.idle)
+	}
+	return n, err
+}
+
+func (r *idleReader) Close() error {
+	r.timer.Stop()
+	err := r.body.Close()
+	r.cancel()
+	return err
+}
+
+// Stat issues a HeadObject.
+func (b *S3) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	k, err := b.key(key)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	cctx, cancel := b.callCtx(ctx)
+	defer cancel()
+	out, err := b.client.HeadObject(cctx, &s3.HeadObjectInput{Bucket: aws.String(b.opts.Bucket), Key: aws.String(k)})
+	if err != nil {
+		return ObjectInfo{}, classifyS3("stat", key, err)
+	}
+	info := ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength)}
+	if out.LastModified != nil {
+		info.ModTime = *out.LastModified
+	}
+	return info, nil
+}
+
+// List pages through ListObjectsV2 (1000 keys a page).
+func (b *S3) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	p := s3.NewListObjectsV2Paginator(b.client, &s3.ListObjectsV2Input{
+		Bucket: aws.String(b.opts.Bucket),
+		Prefix: aws.String(b.opts.Prefix + prefix),
+	})
+	for p.HasMorePages() {
+		cctx, cancel := b.callCtx(ctx)
+		page, err := p.NextPage(cctx)
+		cancel()
+		if err != nil {
+			return classifyS3("list", prefix, err)
+		}
+		for _, o := range page.Contents {
+			info := ObjectInfo{
+				Key:  strings.TrimPrefix(aws.ToString(o.Key), b.opts.Prefix),
+				Size: aws.ToInt64(o.Size),
+			}
+			if o.LastModified != nil {
+				info.ModTime = *o.LastModified
+			}
+			if err := fn(info); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete removes the object; S3 treats a missing key as success too.
+func (b *S3) Delete(ctx context.Context, key string) error {
+	k, err := b.key(key)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := b.callCtx(ctx)
+	defer cancel()
+	_, err = b.client.DeleteObject(cctx, &s3.DeleteObjectInput{Bucket: aws.String(b.opts.Bucket), Key: aws.String(k)})
+	err = classifyS3("delete", key, err)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
