@@ -58,6 +58,9 @@ const (
 type S3 struct {
 	client *s3.Client
 	opts   S3Options
+	// firstParts recycles first-part buffers: most objects (WAL segments,
+	// partials, history files) fit in one part and go up with one PutObject.
+	firstParts sync.Pool
 }
 
 // NewS3 builds a client from the AWS credential chain and opts. It makes no
@@ -178,9 +181,13 @@ func (b *S3) Put(ctx context.Context, key string, r io.Reader) error {
 		return err
 	}
 	r = ctxReader{ctx: ctx, r: r}
-	first := make([]byte, b.partSize(1))
+	first, _ := b.firstParts.Get().([]byte)
+	if int64(len(first)) != b.partSize(1) {
+		first = make([]byte, b.partSize(1))
+	}
 	n, err := io.ReadFull(r, first)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		defer b.firstParts.Put(first)
 		cctx, cancel := b.callCtx(ctx)
 		defer cancel()
 		_, err := b.client.PutObject(cctx, &s3.PutObjectInput{

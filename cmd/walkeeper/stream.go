@@ -1,0 +1,117 @@
+package main
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walkeeper/walkeeper/walstream"
+)
+
+var (
+	slotFlag = &cli.StringFlag{
+		Name:  "slot",
+		Usage: "physical replication `NAME` to stream from (created with reserved WAL when missing)",
+	}
+	noCreateSlotFlag = &cli.BoolFlag{
+		Name:  "no-create-slot",
+		Usage: "fail instead of creating a missing slot",
+	}
+	applicationNameFlag = &cli.StringFlag{
+		Name:  "application-name",
+		Usage: "application_name reported to the server, for synchronous_standby_names (default: the slot name)",
+	}
+	statusIntervalFlag = &cli.DurationFlag{
+		Name:  "status-interval",
+		Value: 10 * time.Second,
+		Usage: "longest time between status updates to the server (it also gets one whenever the stored position moves)",
+	}
+	partialIntervalFlag = &cli.DurationFlag{
+		Name:  "partial-interval",
+		Value: time.Second,
+		Usage: "store the unfinished segment as .partial this often, so the repository lags the server by about this much",
+	}
+	synchronousFlag = &cli.BoolFlag{
+		Name:  "synchronous",
+		Usage: "store and acknowledge every received message, so the stream can be a synchronous standby",
+	}
+	endposFlag = &cli.StringFlag{
+		Name:  "endpos",
+		Usage: "stop once WAL up to this `LSN` (e.g. 0/5000000) is stored, like pg_receivewal -E",
+	}
+	queueSegmentsFlag = &cli.IntFlag{
+		Name:  "queue-segments",
+		Value: 2,
+		Usage: "finished segments that may wait for storage; memory is about (N+2) x wal_segment_size",
+	}
+)
+
+func init() {
+	commands = append(commands, &cli.Command{
+		Name:  "stream",
+		Usage: "stream WAL from a physical replication slot into the repository until stopped",
+		Description: `Connects with replication=true, creates the physical slot with reserved WAL
+when it is missing, and stores every WAL segment in the repository
+(compressed, checksummed). The unfinished segment is stored as .partial every
+--partial-interval, so the repository is about a second behind the server.
+The slot's flush position only moves once WAL is durable in the repository:
+if walkeeper's host dies, the primary still holds everything not yet stored.
+
+Run it as a daemon (systemd). SIGINT/SIGTERM store the partial segment,
+report the final position and exit 0. Lost connections are retried with
+backoff (1s doubling to 30s); a failure before the first successful start
+exits non-zero at once, so a misconfiguration is seen immediately.
+
+Example:
+  walkeeper stream --dsn "host=db1 user=walkeeper" --repo s3://bucket/db1 --slot walkeeper`,
+		Flags: []cli.Flag{slotFlag, noCreateSlotFlag, applicationNameFlag, statusIntervalFlag,
+			partialIntervalFlag, synchronousFlag, endposFlag, queueSegmentsFlag},
+		Action: streamAction,
+	})
+}
+
+func streamAction(c *cli.Context) error {
+	slot := c.String(slotFlag.Name)
+	if slot == "" {
+		return usagef("stream needs --slot NAME (or WALKEEPER_SLOT)")
+	}
+	if err := walstream.ValidateSlotName(slot); err != nil {
+		return usageError{err}
+	}
+	var endpos walstream.LSN
+	if v := c.String(endposFlag.Name); v != "" {
+		lsn, err := walstream.ParseLSN(v)
+		if err != nil {
+			return usagef("--endpos: %v", err)
+		}
+		endpos = lsn
+	}
+	if c.Duration(statusIntervalFlag.Name) <= 0 {
+		return usagef("--status-interval must be positive")
+	}
+	if c.Int(queueSegmentsFlag.Name) < 1 {
+		return usagef("--queue-segments must be at least 1")
+	}
+	partial := c.Duration(partialIntervalFlag.Name)
+	if partial <= 0 {
+		partial = -1 // disabled
+	}
+	repo, err := openRepository(c)
+	if err != nil {
+		return err
+	}
+	return walstream.Run(c.Context, walstream.Options{
+		DSN:             c.String(dsnFlag.Name),
+		Slot:            slot,
+		CreateSlot:      !c.Bool(noCreateSlotFlag.Name),
+		ApplicationName: c.String(applicationNameFlag.Name),
+		StatusInterval:  c.Duration(statusIntervalFlag.Name),
+		PartialInterval: partial,
+		Synchronous:     c.Bool(synchronousFlag.Name),
+		EndPos:          endpos,
+		QueueSegments:   c.Int(queueSegmentsFlag.Name),
+		Repo:            repo,
+		Log:             slog.Default(),
+	})
+}

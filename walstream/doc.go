@@ -1,0 +1,46 @@
+// Package walstream receives WAL from PostgreSQL over a physical
+// replication connection and stores it in a walkeeper repository.
+//
+// # Lifecycle
+//
+// Run owns one replication slot and loops over sessions until its context
+// ends or --endpos is reached. A session is one replication connection:
+//
+//  1. connect (replication=true), IDENTIFY_SYSTEM, read wal_segment_size and
+//     the server version, and check walkeeper.json (Repository.Init);
+//  2. make sure the slot exists (CREATE_REPLICATION_SLOT ... PHYSICAL
+//     RESERVE_WAL when missing) and is usable (physical, not lost);
+//  3. choose the start position (position.go): the end of the newest WAL in
+//     the repository when it continues the server's history, else the slot's
+//     restart_lsn, else the server's current position, rounded down to a
+//     segment boundary;
+//  4. store the timeline history file of the streamed timeline;
+//  5. START_REPLICATION and receive: bytes go into the current segment
+//     buffer (segment.go); a full segment is handed to the uploader; every
+//     --partial-interval the unfinished segment is handed over as a
+//     ".partial" snapshot;
+//  6. at the end of a timeline, store the last segment as ".partial", fetch
+//     the next timeline's history and continue on it.
+//
+// A lost connection ends the session; Run waits until everything queued is
+// stored and starts a new session with exponential backoff.
+//
+// # Invariant: the slot never passes what is durable
+//
+// The uploader (uploader.go) stores jobs strictly in LSN order, one at a
+// time, and publishes the end LSN of the last stored job. Standby status
+// updates report write = received and flush = apply = that published
+// position, so the server's slot (whose restart_lsn follows flush) never
+// releases WAL the repository does not hold. The status update is built here,
+// not with pglogrepl.SendStandbyStatusUpdate, which would replace a zero
+// flush position with the write position.
+//
+// # Memory
+//
+// A segment lives in memory as 1 MiB chunks while it is received and until it
+// is stored. The queue between receiver and uploader holds at most
+// QueueSegments segments; when storage is slow the receiver waits on the
+// queue (still answering the server's keepalives), TCP pushes back, and the
+// slot keeps the WAL on the primary. Memory is therefore bounded by about
+// (QueueSegments + 2) × wal_segment_size.
+package walstream

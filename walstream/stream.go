@@ -1,0 +1,768 @@
+package walstream
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+// Options configure Run.
+type Options struct {
+	// DSN is a libpq connection string or URL; replication=true and the
+	// application name are added.
+	DSN string
+	// Slot is the physical replication slot's name.
+	Slot string
+	// CreateSlot allows creating the slot when it is missing.
+	CreateSlot bool
+	// ApplicationName is reported to the server (default: the slot name),
+	// so the stream can be named in synchronous_standby_names.
+	ApplicationName string
+	// StatusInterval is the longest time between standby status updates
+	// (default 10s).
+	StatusInterval time.Duration
+	// PartialInterval is how often the unfinished segment is stored as a
+	// .partial (default 1s; 0 keeps the default, negative disables).
+	PartialInterval time.Duration
+	// Synchronous stores the received WAL and reports it flushed after
+	// every message, for synchronous replication.
+	Synchronous bool
+	// EndPos, when set, stops the stream once WAL up to it is stored.
+	EndPos LSN
+	// QueueSegments bounds the segments waiting for storage (default 2).
+	QueueSegments int
+	// ConnectTimeout bounds connecting and each replication command
+	// (default 10s).
+	ConnectTimeout time.Duration
+	// ShutdownTimeout bounds storing queued WAL after the context ends
+	// (default 2 minutes).
+	ShutdownTimeout time.Duration
+	Repo            *storage.Repository
+	Log             *slog.Logger
+}
+
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// ValidateSlotName checks a slot name the way PostgreSQL does.
+func ValidateSlotName(name string) error {
+	if !slotNameRE.MatchString(name) {
+		return fmt.Errorf("invalid slot name %q: use 1 to 63 lower-case letters, digits and underscores", name)
+	}
+	return nil
+}
+
+// ErrPermanent wraps errors that reconnecting cannot fix: bad credentials,
+// missing privileges, a slot of the wrong kind, a repository of another
+// cluster.
+var ErrPermanent = errors.New("permanent")
+
+type permanent struct{ err error }
+
+func (p permanent) Error() string        { return p.err.Error() }
+func (p permanent) Unwrap() []error      { return []error{p.err, ErrPermanent} }
+func permanentf(f string, a ...any) error { return permanent{fmt.Errorf(f, a...)} }
+
+// Run streams until ctx ends (then it stores what it received, reports it
+// and returns nil) or until EndPos is stored. Connection failures after the
+// first successful start are retried with exponential backoff; a failure
+// before it is returned, so a misconfiguration surfaces at once.
+func Run(ctx context.Context, opts Options) error {
+	if err := ValidateSlotName(opts.Slot); err != nil {
+		return permanent{err}
+	}
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.PartialInterval == 0 {
+		opts.PartialInterval = time.Second
+	}
+	if opts.QueueSegments <= 0 {
+		opts.QueueSegments = 2
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 2 * time.Minute
+	}
+	if opts.ApplicationName == "" {
+		opts.ApplicationName = opts.Slot
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	log := opts.Log.With("slot", opts.Slot)
+
+	// The uploader outlives ctx by ShutdownTimeout so queued WAL is stored.
+	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer upCancel()
+	up := newUploader(opts.Repo, log, opts.QueueSegments)
+	upDone := make(chan struct{})
+	go func() { up.run(upCtx); close(upDone) }()
+	stopUploader := func() {
+		t := time.AfterFunc(opts.ShutdownTimeout, upCancel)
+		close(up.q)
+		<-upDone
+		t.Stop()
+	}
+
+	s := &streamer{opts: opts, log: log, up: up}
+	backoff := time.Second
+	for {
+		began := time.Now()
+		err := s.session(ctx)
+		if fe := up.fatal(); fe != nil && err == nil {
+			err = fe
+		}
+		if errors.Is(err, errEndPos) {
+			stopUploader()
+			if fe := up.fatal(); fe != nil {
+				return fe
+			}
+			log.Info("reached end position", "endpos", opts.EndPos.String())
+			return nil
+		}
+		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || !errors.Is(err, ErrPermanent)) {
+			stopUploader()
+			if fe := up.fatal(); fe != nil {
+				return fe
+			}
+			log.Info("stream stopped", "flushed", LSN(up.flushed.Load()).String())
+			return nil
+		}
+		if errors.Is(err, ErrPermanent) || storage.IsPermanent(err) || !s.started {
+			stopUploader()
+			return err
+		}
+		if time.Since(began) > time.Minute {
+			backoff = time.Second // it streamed for a while: a fresh failure
+		}
+		log.Warn("replication connection lost, reconnecting", "error", err, "retry_in", backoff.String())
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+var errEndPos = errors.New("end position reached")
+
+type streamer struct {
+	opts    Options
+	log     *slog.Logger
+	up      *uploader
+	started bool // START_REPLICATION succeeded at least once
+
+	conn     *pgconn.PgConn
+	segSize  uint64
+	seg      *segment
+	received LSN
+	reported LSN // flush position last sent
+}
+
+// session runs one replication connection to its end.
+func (s *streamer) session(ctx context.Context) (err error) {
+	// Everything queued by an earlier session must be stored before the
+	// start position is read from the repository.
+	if err := s.barrier(ctx); err != nil {
+		return err
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	s.conn = conn
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn.Close(cctx)
+		cancel()
+		s.conn = nil
+	}()
+
+	cctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+	defer cancel()
+	sys, err := pglogrepl.IdentifySystem(cctx, conn)
+	if err != nil {
+		return classify(err, s.opts)
+	}
+	segSize, err := s.showSegmentSize(cctx)
+	if err != nil {
+		return err
+	}
+	s.segSize = segSize
+	major, err := serverMajor(conn)
+	if err != nil {
+		return err
+	}
+	if _, err := s.opts.Repo.Init(cctx, storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: major, WALSegmentSize: segSize}); err != nil {
+		return permanent{err}
+	}
+	slot, err := s.ensureSlot(cctx)
+	if err != nil {
+		return err
+	}
+	srvTLI := uint32(sys.Timeline)
+	var history []historyEntry
+	if srvTLI > 1 {
+		content, name, err := s.timelineHistory(cctx, srvTLI)
+		if err != nil {
+			return err
+		}
+		if history, err = parseHistory(content); err != nil {
+			return err
+		}
+		s.queue(ctx, job{kind: jobHistory, name: name, content: content})
+	}
+	newest, err := newestWAL(cctx, s.opts.Repo, segSize)
+	if err != nil {
+		return fmt.Errorf("read the repository's newest WAL: %w", err)
+	}
+	if newest.partial != "" {
+		s.up.mu.Lock()
+		s.up.partialLen[newest.partial] = newest.partialLen
+		s.up.mu.Unlock()
+	}
+	start, err := chooseStart(newest, srvTLI, sys.XLogPos, history, slot.restartTLI, slot.restartLSN, segSize)
+	if err != nil {
+		return permanent{err}
+	}
+	if newest.found && start.why != "repository" && !strings.HasPrefix(start.why, "repository") {
+		s.log.Warn("the repository's WAL does not continue the server's history; starting elsewhere",
+			"repository_end", newest.end.String(), "repository_timeline", newest.tli, "start", start.lsn.String(), "from", start.why)
+	}
+	cancel()
+	// The queue is empty (barrier above): what is durable is exactly what
+	// the repository holds before start.
+	s.up.flushed.Store(uint64(start.lsn))
+	return s.stream(ctx, start)
+}
+
+// stream runs START_REPLICATION from start and follows timeline switches.
+func (s *streamer) stream(ctx context.Context, start startPoint) error {
+	tli, pos := start.tli, start.lsn
+	for {
+		if s.opts.EndPos != 0 && pos >= s.opts.EndPos {
+			return errEndPos
+		}
+		sctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+		err := pglogrepl.StartReplication(sctx, s.conn, quoteIdent(s.opts.Slot), pos,
+			pglogrepl.StartReplicationOptions{Timeline: int32(tli), Mode: pglogrepl.PhysicalReplication})
+		cancel()
+		if nextTLI, nextPos, ok := pglogrepl.IsErrEndTimeline(err); ok {
+			// Starting exactly where timeline tli ended.
+			if err := s.nextTimeline(ctx, uint32(nextTLI)); err != nil {
+				return err
+			}
+			tli, pos = uint32(nextTLI), segStart(nextPos, s.segSize)
+			continue
+		}
+		if err != nil {
+			return classify(err, s.opts)
+		}
+		s.started = true
+		s.log.Info("streaming", "timeline", tli, "start", pos.String(), "segment_size", s.segSize)
+		s.seg = newSegment(tli, pos, s.segSize)
+		s.received = pos
+		s.reported = 0
+		next, err := s.receive(ctx)
+		if err != nil {
+			return err
+		}
+		// The server ended timeline tli: keep its last segment as .partial,
+		// store the next timeline's history and go on there.
+		s.flushPartial(ctx)
+		if err := s.nextTimeline(ctx, next.tli); err != nil {
+			return err
+		}
+		s.log.Info("timeline switch", "from", tli, "to", next.tli, "at", next.lsn.String())
+		tli, pos = next.tli, segStart(next.lsn, s.segSize)
+	}
+}
+
+func (s *streamer) nextTimeline(ctx context.Context, tli uint32) error {
+	cctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+	defer cancel()
+	content, name, err := s.timelineHistory(cctx, tli)
+	if err != nil {
+		return err
+	}
+	s.queue(ctx, job{kind: jobHistory, name: name, content: content})
+	return nil
+}
+
+// receive handles the CopyBoth stream until the server ends the timeline
+// (it returns the next timeline), ctx ends, the end position is reached or
+// the connection fails.
+func (s *streamer) receive(ctx context.Context) (startPoint, error) {
+	statusTick := time.NewTicker(s.opts.StatusInterval)
+	defer statusTick.Stop()
+	var partialC <-chan time.Time
+	if s.opts.PartialInterval > 0 && !s.opts.Synchronous {
+		t := time.NewTicker(s.opts.PartialInterval)
+		defer t.Stop()
+		partialC = t.C
+	}
+	lastStatus := time.Now()
+	for {
+		if err := s.up.fatal(); err != nil {
+			return startPoint{}, err
+		}
+		if ctx.Err() != nil {
+			return startPoint{}, s.shutdown()
+		}
+		select {
+		case <-partialC:
+			s.flushPartialAsync(ctx)
+		default:
+		}
+		if LSN(s.up.flushed.Load()) != s.reported || time.Since(lastStatus) >= s.opts.StatusInterval {
+			if err := s.sendStatus(false); err != nil {
+				return startPoint{}, err
+			}
+			lastStatus = time.Now()
+		}
+		// Wake up for the next status update, partial or flush advance.
+		wait := min(s.opts.StatusInterval-time.Since(lastStatus), 100*time.Millisecond)
+		rctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
+		msg, err := s.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) || ctx.Err() != nil {
+				continue
+			}
+			return startPoint{}, classify(err, s.opts)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return startPoint{}, err
+				}
+				if err := s.handleXLogData(ctx, xld); err != nil {
+					return startPoint{}, err
+				}
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return startPoint{}, err
+				}
+				if ka.ReplyRequested {
+					if err := s.sendStatus(false); err != nil {
+						return startPoint{}, err
+					}
+					lastStatus = time.Now()
+				}
+			}
+		case *pgproto3.CopyDone:
+			return s.endOfTimeline()
+		case *pgproto3.ErrorResponse:
+			return startPoint{}, classify(pgconn.ErrorResponseToPgError(msg), s.opts)
+		case *pgproto3.NoticeResponse:
+		default:
+			s.log.Debug("unexpected message during streaming", "type", fmt.Sprintf("%T", msg))
+		}
+	}
+}
+
+// handleXLogData appends WAL to the current segment, cutting it at segment
+// boundaries, and queues every complete segment.
+func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) error {
+	if x.WALStart != s.received {
+		return fmt.Errorf("server sent WAL at %s, expected %s: restarting the stream", x.WALStart, s.received)
+	}
+	data := x.WALData
+	if s.opts.EndPos != 0 {
+		if s.received >= s.opts.EndPos {
+			data = nil
+		} else if left := uint64(s.opts.EndPos - s.received); uint64(len(data)) > left {
+			data = data[:left]
+		}
+	}
+	for len(data) > 0 {
+		n := min(len(data), s.seg.room())
+		s.seg.append(data[:n])
+		data = data[n:]
+		s.received += LSN(n)
+		if s.seg.full() {
+			done := s.seg
+			s.seg = newSegment(done.tli, done.end(), s.segSize)
+			if err := s.queue(ctx, job{kind: jobSegment, seg: done, end: done.end()}); err != nil {
+				return err
+			}
+		}
+	}
+	if s.opts.EndPos != 0 && s.received >= s.opts.EndPos {
+		s.flushPartial(ctx)
+		if err := s.sendStatus(false); err != nil {
+			return err
+		}
+		return errEndPos
+	}
+	if s.opts.Synchronous {
+		s.flushPartial(ctx)
+		return s.sendStatus(false)
+	}
+	return nil
+}
+
+// queue hands a job to the uploader; while the queue is full it keeps
+// answering the server so the connection survives slow storage.
+func (s *streamer) queue(ctx context.Context, j job) error {
+	if j.kind == jobPartial {
+		s.up.partialPending.Store(true)
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case s.up.q <- j:
+			return nil
+		case <-tick.C:
+			if err := s.up.fatal(); err != nil {
+				return err
+			}
+			if s.conn != nil && s.seg != nil {
+				if err := s.sendStatus(false); err != nil {
+					return err
+				}
+			}
+		case <-ctx.Done():
+			// Shutting down: the uploader still runs; wait for room.
+			select {
+			case s.up.q <- j:
+				return nil
+			case <-time.After(s.opts.ShutdownTimeout):
+				return fmt.Errorf("storage did not accept queued WAL within %s", s.opts.ShutdownTimeout)
+			}
+		}
+	}
+}
+
+// flushPartialAsync queues a snapshot of the current segment unless one is
+// still pending or nothing new arrived.
+func (s *streamer) flushPartialAsync(ctx context.Context) {
+	if s.seg == nil || s.seg.size == 0 || s.up.partialPending.Load() {
+		return
+	}
+	s.up.mu.Lock()
+	have := s.up.partialLen[s.seg.name()+".partial"]
+	s.up.mu.Unlock()
+	if s.seg.size <= have {
+		return
+	}
+	s.queue(ctx, job{kind: jobPartial, seg: s.seg, n: s.seg.size, end: s.seg.end()})
+}
+
+// flushPartial queues a snapshot of the current segment and waits until it
+// is stored.
+func (s *streamer) flushPartial(ctx context.Context) {
+	if s.seg != nil && s.seg.size > 0 {
+		s.queue(ctx, job{kind: jobPartial, seg: s.seg, n: s.seg.size, end: s.seg.end()})
+	}
+	s.barrier(ctx)
+}
+
+// barrier waits until everything queued so far is stored (or failed).
+func (s *streamer) barrier(ctx context.Context) error {
+	done := make(chan struct{})
+	if err := s.queue(ctx, job{kind: jobBarrier, done: done}); err != nil {
+		return err
+	}
+	select {
+	case <-done:
+	case <-time.After(s.opts.ShutdownTimeout):
+		return fmt.Errorf("storage did not finish queued WAL within %s", s.opts.ShutdownTimeout)
+	}
+	return s.up.fatal()
+}
+
+// shutdown stores the partial segment, reports the final position and ends
+// the copy.
+func (s *streamer) shutdown() error {
+	s.flushPartial(context.Background())
+	if err := s.sendStatus(false); err != nil {
+		return nil // the server is gone; the slot keeps what we did not report
+	}
+	return nil
+}
+
+func (s *streamer) endOfTimeline() (startPoint, error) {
+	// pglogrepl reads the reply without a context: bound it with a deadline.
+	s.conn.Conn().SetDeadline(time.Now().Add(s.opts.ConnectTimeout))
+	res, err := pglogrepl.SendStandbyCopyDone(context.Background(), s.conn)
+	s.conn.Conn().SetDeadline(time.Time{})
+	if err != nil {
+		return startPoint{}, fmt.Errorf("end of timeline: %w", err)
+	}
+	if res == nil {
+		return startPoint{}, errors.New("the server ended streaming without naming a next timeline (shutting down?)")
+	}
+	return startPoint{tli: uint32(res.Timeline), lsn: res.LSN}, nil
+}
+
+// sendStatus sends a standby status update: write = received, flush =
+// apply = what the repository durably holds.
+func (s *streamer) sendStatus(replyRequested bool) error {
+	flushed := LSN(s.up.flushed.Load())
+	if flushed > s.received {
+		flushed = s.received
+	}
+	buf := make([]byte, 0, 34)
+	buf = append(buf, pglogrepl.StandbyStatusUpdateByteID)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(s.received))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(flushed))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(flushed))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(pgTime(time.Now())))
+	if replyRequested {
+		buf = append(buf, 1)
+	} else {
+		buf = append(buf, 0)
+	}
+	s.conn.Frontend().Send(&pgproto3.CopyData{Data: buf})
+	s.conn.Conn().SetWriteDeadline(time.Now().Add(s.opts.ConnectTimeout))
+	err := s.conn.Frontend().Flush()
+	s.conn.Conn().SetWriteDeadline(time.Time{})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	s.reported = flushed
+	return nil
+}
+
+// pgTime is microseconds since 2000-01-01, PostgreSQL's epoch.
+func pgTime(t time.Time) int64 {
+	return t.UnixMicro() - 946684800_000_000
+}
+
+func (s *streamer) connect(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(s.opts.DSN)
+	if err != nil {
+		return nil, permanentf("invalid --dsn: %v", redact(err))
+	}
+	cfg.RuntimeParams["replication"] = "true"
+	cfg.RuntimeParams["application_name"] = s.opts.ApplicationName
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > s.opts.ConnectTimeout {
+		cfg.ConnectTimeout = s.opts.ConnectTimeout
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(cctx, cfg)
+	if err != nil {
+		return nil, classify(err, s.opts)
+	}
+	return conn, nil
+}
+
+func (s *streamer) showSegmentSize(ctx context.Context) (uint64, error) {
+	res, err := s.conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
+	if err != nil {
+		return 0, classify(err, s.opts)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 {
+		return 0, errors.New("SHOW wal_segment_size returned no row")
+	}
+	return parseGUCSize(string(res[0].Rows[0][0]))
+}
+
+// parseGUCSize parses a size as SHOW prints it ("16MB", "1GB").
+func parseGUCSize(v string) (uint64, error) {
+	mult := uint64(1)
+	for _, u := range []struct {
+		s string
+		m uint64
+	}{{"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(v, u.s) {
+			v, mult = strings.TrimSuffix(v, u.s), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("cannot parse wal_segment_size %q", v)
+	}
+	return n * mult, nil
+}
+
+func serverMajor(conn *pgconn.PgConn) (int, error) {
+	v := conn.ParameterStatus("server_version")
+	major, err := strconv.Atoi(strings.SplitN(strings.SplitN(v, ".", 2)[0], " ", 2)[0])
+	if err != nil {
+		return 0, fmt.Errorf("cannot parse server_version %q", v)
+	}
+	if major < 15 {
+		return major, permanentf("PostgreSQL %s is not supported by walkeeper stream: use PostgreSQL 15 or newer", v)
+	}
+	return major, nil
+}
+
+func (s *streamer) timelineHistory(ctx context.Context, tli uint32) ([]byte, string, error) {
+	res, err := pglogrepl.TimelineHistory(ctx, s.conn, int32(tli))
+	if err != nil {
+		return nil, "", fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, classify(err, s.opts))
+	}
+	if res.FileName != storage.HistoryName(tli) {
+		return nil, "", fmt.Errorf("TIMELINE_HISTORY %d returned file %q", tli, res.FileName)
+	}
+	return res.Content, res.FileName, nil
+}
+
+type slotInfo struct {
+	restartLSN LSN
+	restartTLI uint32
+}
+
+// ensureSlot reads the slot with READ_REPLICATION_SLOT, creates it with
+// reserved WAL when missing, and refuses a logical or invalidated slot.
+func (s *streamer) ensureSlot(ctx context.Context) (slotInfo, error) {
+	name := s.opts.Slot
+	res, err := s.conn.Exec(ctx, "READ_REPLICATION_SLOT "+quoteIdent(name)).ReadAll()
+	if err != nil {
+		return slotInfo{}, classify(err, s.opts)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 {
+		return slotInfo{}, errors.New("unexpected READ_REPLICATION_SLOT result")
+	}
+	row := res[0].Rows[0]
+	if row[0] == nil { // no such slot
+		if !s.opts.CreateSlot {
+			return slotInfo{}, permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or drop --no-create-slot", name, name)
+		}
+		_, err := s.conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+quoteIdent(name)+" PHYSICAL RESERVE_WAL").ReadAll()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" {
+			return s.ensureSlot(ctx) // created meanwhile by someone else
+		}
+		if err != nil {
+			return slotInfo{}, fmt.Errorf("create replication slot %q: %w", name, classify(err, s.opts))
+		}
+		s.log.Info("created physical replication slot with reserved WAL", "slot", name)
+		return s.ensureSlot(ctx)
+	}
+	if kind := string(row[0]); kind != "physical" {
+		return slotInfo{}, permanentf("replication slot %q is a %s slot; walkeeper needs a physical slot: choose another --slot", name, kind)
+	}
+	var info slotInfo
+	if row[1] != nil {
+		lsn, err := ParseLSN(string(row[1]))
+		if err != nil {
+			return slotInfo{}, err
+		}
+		info.restartLSN = lsn
+	}
+	if row[2] != nil {
+		tli, _ := strconv.ParseUint(string(row[2]), 10, 32)
+		info.restartTLI = uint32(tli)
+	}
+	if err := s.checkSlotHealth(ctx, info); err != nil {
+		return slotInfo{}, err
+	}
+	return info, nil
+}
+
+// checkSlotHealth looks the slot up in pg_replication_slots over an ordinary
+// connection (replication connections cannot query catalogs) to catch an
+// invalidated slot and to warn when another process holds it. When that
+// connection is not possible the check is skipped with a note.
+func (s *streamer) checkSlotHealth(ctx context.Context, info slotInfo) error {
+	cfg, err := pgconn.ParseConfig(s.opts.DSN)
+	if err != nil {
+		return nil
+	}
+	delete(cfg.RuntimeParams, "replication")
+	cfg.RuntimeParams["application_name"] = "walkeeper-slot-check"
+	if cfg.Database == "" {
+		cfg.Database = "postgres"
+	}
+	cfg.ConnectTimeout = s.opts.ConnectTimeout
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		s.log.Debug("slot health check skipped: no SQL connection", "error", redact(err))
+		if info.restartLSN == 0 {
+			s.log.Warn("replication slot has no reserved WAL (invalidated, or created without reserving WAL)", "slot", s.opts.Slot)
+		}
+		return nil
+	}
+	defer conn.Close(context.Background())
+	res, err := conn.Exec(ctx, "SELECT coalesce(wal_status, ''), coalesce(active_pid::text, '') FROM pg_replication_slots WHERE slot_name = '"+
+		strings.ReplaceAll(s.opts.Slot, "'", "''")+"'").ReadAll()
+	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 {
+		return nil
+	}
+	walStatus, activePID := string(res[0].Rows[0][0]), string(res[0].Rows[0][1])
+	if walStatus == "lost" {
+		return permanentf("replication slot %q was invalidated (wal_status=lost): the server removed WAL it held; "+
+			"take a new base backup and recreate the slot (SELECT pg_drop_replication_slot('%s'))", s.opts.Slot, s.opts.Slot)
+	}
+	if activePID != "" {
+		s.log.Warn("replication slot is in use by another process; streaming will fail until it is released",
+			"slot", s.opts.Slot, "active_pid", activePID)
+	}
+	return nil
+}
+
+// quoteIdent quotes a slot name for a replication command.
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// classify turns server and network errors into one-line errors with a
+// hint, marking those that reconnecting cannot fix as permanent.
+func classify(err error, opts Options) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "28P01":
+			return permanentf("password authentication failed: check the password in --dsn, PGPASSWORD or the pgpass file")
+		case pgErr.Code == "28000" && strings.Contains(pgErr.Message, "pg_hba.conf"):
+			return permanentf("the server refused the replication connection (%s): add a 'host replication ROLE ADDRESS scram-sha-256' line to pg_hba.conf and reload", pgErr.Message)
+		case pgErr.Code == "42501" || strings.Contains(pgErr.Message, "permission to start WAL sender"):
+			return permanentf("the role lacks the REPLICATION attribute (%s): ALTER ROLE ... REPLICATION, or connect as a role that has it", pgErr.Message)
+		case pgErr.Code == "53300":
+			return fmt.Errorf("the server has no free WAL sender (%s): raise max_wal_senders or stop another replication client", pgErr.Message)
+		case pgErr.Code == "55006" || strings.Contains(pgErr.Message, "is active for PID"):
+			return fmt.Errorf("replication slot %q is in use by another process (%s)", opts.Slot, pgErr.Message)
+		case strings.Contains(pgErr.Message, "cannot use a logical replication slot"):
+			return permanentf("replication slot %q is a logical slot; walkeeper needs a physical slot: choose another --slot", opts.Slot)
+		case strings.Contains(pgErr.Message, "has already been removed"):
+			return permanentf("the server already removed WAL the stream needs (%s): the archive has a gap; take a new base backup", pgErr.Message)
+		}
+		return fmt.Errorf("server: %s (SQLSTATE %s)", pgErr.Message, pgErr.Code)
+	}
+	var netErr *net.OpError
+	if errors.As(err, &netErr) || strings.Contains(err.Error(), "dial") {
+		return fmt.Errorf("cannot reach PostgreSQL: %v: check --dsn and that the server is running", redact(err))
+	}
+	return redact(err)
+}
+
+var passwordRE = regexp.MustCompile(`(?i)(password=|://[^:/@]*:)[^ @]*`)
+
+// redact removes passwords from an error message.
+func redact(err error) error {
+	msg := err.Error()
+	clean := passwordRE.ReplaceAllString(msg, "${1}****")
+	if clean == msg {
+		return err
+	}
+	return errors.New(clean)
+}

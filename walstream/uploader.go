@@ -1,0 +1,257 @@
+package walstream
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+type jobKind int
+
+const (
+	jobPartial jobKind = iota // store the first n bytes of seg as NAME.partial
+	jobSegment                // store the complete seg as NAME, drop NAME.partial
+	jobHistory                // store a timeline history file
+	jobBarrier                // nothing to store: closes done when reached
+)
+
+// job is one unit of work for the uploader. Jobs are stored in the order
+// they are queued, which is LSN order.
+type job struct {
+	kind    jobKind
+	seg     *segment
+	n       int
+	end     LSN // flush position once this job is stored (0: unchanged)
+	name    string
+	content []byte
+	done    chan struct{}
+}
+
+// uploader stores jobs one at a time, retrying with backoff until storage
+// accepts them, and publishes the end LSN of the last stored job.
+type uploader struct {
+	repo *storage.Repository
+	log  *slog.Logger
+	q    chan job
+
+	flushed        atomic.Uint64
+	partialPending atomic.Bool
+	advanced       chan struct{} // poked (non-blocking) when flushed moves
+
+	mu       sync.Mutex
+	fatalErr error
+	// partialLen remembers how much of a segment a stored .partial holds so
+	// a resumed stream never replaces it with a shorter one.
+	partialLen map[string]int
+
+	stats Stats
+}
+
+// Stats counts what the uploader did; read it with Run's Options.OnStored.
+type Stats struct {
+	SegmentsStored atomic.Int64
+	PartialsStored atomic.Int64
+	UploadErrors   atomic.Int64
+	StoredBytes    atomic.Int64
+}
+
+func newUploader(repo *storage.Repository, log *slog.Logger, queue int) *uploader {
+	return &uploader{
+		repo:       repo,
+		log:        log,
+		q:          make(chan job, queue),
+		advanced:   make(chan struct{}, 1),
+		partialLen: map[string]int{},
+	}
+}
+
+func (u *uploader) fatal() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.fatalErr
+}
+
+func (u *uploader) setFatal(err error) {
+	u.mu.Lock()
+	if u.fatalErr == nil {
+		u.fatalErr = err
+	}
+	u.mu.Unlock()
+}
+
+// run stores jobs until q is closed. ctx should outlive the receiver so
+// that queued WAL is stored on shutdown.
+func (u *uploader) run(ctx context.Context) {
+	for j := range u.q {
+		u.process(ctx, j)
+	}
+}
+
+func (u *uploader) process(ctx context.Context, j job) {
+	defer func() {
+		if j.done != nil {
+			close(j.done)
+		}
+	}()
+	if u.fatal() != nil {
+		return // drop: the stream is ending with that error
+	}
+	backoff := time.Second
+	for {
+		err := u.store(ctx, j)
+		if err == nil {
+			break
+		}
+		u.stats.UploadErrors.Add(1)
+		if storage.IsPermanent(err) || ctx.Err() != nil {
+			u.setFatal(err)
+			return
+		}
+		u.log.Warn("storing WAL failed, retrying", "error", err, "retry_in", backoff.String())
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			u.setFatal(fmt.Errorf("%w (gave up: %w)", err, ctx.Err()))
+			return
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	if j.end > LSN(u.flushed.Load()) {
+		u.flushed.Store(uint64(j.end))
+		select {
+		case u.advanced <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (u *uploader) store(ctx context.Context, j job) error {
+	switch j.kind {
+	case jobBarrier:
+		return nil
+	case jobPartial:
+		defer u.partialPending.Store(false)
+		name := j.seg.name() + ".partial"
+		u.mu.Lock()
+		have := u.partialLen[name]
+		u.mu.Unlock()
+		if j.n <= have {
+			return nil // the stored partial already holds these bytes
+		}
+		if _, err := u.write(ctx, storage.WALKey(name), j.seg.reader(j.n)); err != nil {
+			return err
+		}
+		u.mu.Lock()
+		u.partialLen[name] = j.n
+		u.mu.Unlock()
+		u.stats.PartialsStored.Add(1)
+		u.log.Debug("stored partial segment", "segment", name, "bytes", j.n)
+		return nil
+	case jobSegment:
+		return u.storeSegment(ctx, j.seg)
+	case jobHistory:
+		return u.storeHistory(ctx, j.name, j.content)
+	}
+	return fmt.Errorf("unknown job kind %d", j.kind)
+}
+
+func (u *uploader) write(ctx context.Context, base string, r io.Reader) (storage.Meta, error) {
+	w, err := u.repo.Create(ctx, base)
+	if err != nil {
+		return storage.Meta{}, err
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		w.Abort()
+		return storage.Meta{}, err
+	}
+	m, err := w.Close()
+	if err == nil {
+		u.stats.StoredBytes.Add(m.Size)
+	}
+	return m, err
+}
+
+// storeSegment stores a complete segment once: an existing object with the
+// same content is accepted, different content is refused (never
+// overwritten). Then the segment's .partial objects are removed.
+func (u *uploader) storeSegment(ctx context.Context, seg *segment) error {
+	name := seg.name()
+	base := storage.WALKey(name)
+	existing, err := u.repo.Find(ctx, base)
+	switch {
+	case err == nil:
+		have, err := u.repo.Meta(ctx, existing.Key)
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		io.Copy(h, seg.reader(seg.size))
+		if !bytes.Equal(h.Sum(nil), have.SHA256[:]) {
+			return storage.Permanent(fmt.Errorf("WAL segment %s is already in the repository with different content: "+
+				"the repository holds WAL of another history; use a new --repo or remove it after checking", name))
+		}
+		u.log.Info("WAL segment already stored", "segment", name)
+	case errors.Is(err, storage.ErrNotFound):
+		start := time.Now()
+		m, err := u.write(ctx, base, seg.reader(seg.size))
+		if err != nil {
+			return err
+		}
+		info, _ := u.repo.Backend().Stat(ctx, base+u.repo.Codec().Ext())
+		u.log.Info("stored WAL segment", "segment", name, "bytes", m.Size, "stored_bytes", info.Size,
+			"duration", time.Since(start).Round(time.Millisecond).String())
+	default:
+		return err
+	}
+	u.stats.SegmentsStored.Add(1)
+	// The complete segment supersedes its partials, whatever their codec.
+	partial := storage.WALKey(name + ".partial")
+	err = u.repo.Backend().List(ctx, partial, func(o storage.ObjectInfo) error {
+		if b, _, _ := storage.SplitExt(o.Key); b == partial {
+			return u.repo.Backend().Delete(ctx, o.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		u.log.Warn("could not remove superseded partial segment", "segment", name, "error", err)
+	}
+	u.mu.Lock()
+	delete(u.partialLen, name+".partial")
+	u.mu.Unlock()
+	seg.release()
+	return nil
+}
+
+// storeHistory stores a timeline history file unless the same one is there.
+func (u *uploader) storeHistory(ctx context.Context, name string, content []byte) error {
+	base := storage.WALKey(name)
+	existing, err := u.repo.Find(ctx, base)
+	if err == nil {
+		have, err := u.repo.Meta(ctx, existing.Key)
+		if err != nil {
+			return err
+		}
+		if have.SHA256 == sha256.Sum256(content) {
+			return nil
+		}
+		return storage.Permanent(fmt.Errorf("timeline history file %s in the repository differs from the server's: "+
+			"the repository belongs to another history; use a new --repo", name))
+	}
+	if !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	if _, err := u.write(ctx, base, bytes.NewReader(content)); err != nil {
+		return err
+	}
+	u.log.Info("stored timeline history file", "file", name)
+	return nil
+}
