@@ -52,8 +52,21 @@ func (s *segment) append(p []byte) {
 	}
 }
 
-// reader returns the first n bytes.
-func (s *segment) reader(n int) io.Reader { return &segmentReader{s: s, n: n} }
+// snapshot captures the first n bytes for another goroutine: it copies the
+// chunk list, whose first entries and their received bytes the receiver
+// never changes again.
+func (s *segment) snapshot(n int) snapshot {
+	return snapshot{chunks: s.chunks[:len(s.chunks):len(s.chunks)], n: n}
+}
+
+// snapshot is an immutable prefix of a segment.
+type snapshot struct {
+	chunks []*[]byte
+	n      int
+}
+
+// reader reads the snapshot from its start.
+func (s snapshot) reader() io.Reader { return &segmentReader{chunks: s.chunks, n: s.n} }
 
 // release returns the chunks to the pool; the segment is unusable after.
 func (s *segment) release() {
@@ -64,16 +77,16 @@ func (s *segment) release() {
 }
 
 type segmentReader struct {
-	s   *segment
-	off int
-	n   int
+	chunks []*[]byte
+	off    int
+	n      int
 }
 
 func (r *segmentReader) Read(p []byte) (int, error) {
 	if r.off >= r.n {
 		return 0, io.EOF
 	}
-	c := *r.s.chunks[r.off/chunkSize]
+	c := *r.chunks[r.off/chunkSize]
 	lo := r.off % chunkSize
 	hi := min(chunkSize, lo+(r.n-r.off))
 	n := copy(p, c[lo:hi])

@@ -18,13 +18,13 @@ func TestSegmentAppendAndRead(t *testing.T) {
 		want.Write(p)
 		s.append(p)
 		if i == 5 {
-			snap, _ := io.ReadAll(s.reader(s.size))
+			snap, _ := io.ReadAll(s.snapshot(s.size).reader())
 			if !bytes.Equal(snap, want.Bytes()) {
 				t.Fatal("snapshot differs")
 			}
 		}
 	}
-	got, _ := io.ReadAll(s.reader(s.size))
+	got, _ := io.ReadAll(s.snapshot(s.size).reader())
 	if !bytes.Equal(got, want.Bytes()) || len(got) != segSize {
 		t.Fatalf("read %d bytes, want %d equal bytes", len(got), segSize)
 	}

@@ -405,7 +405,7 @@ func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) err
 		if s.seg.full() {
 			done := s.seg
 			s.seg = newSegment(done.tli, done.end(), s.segSize)
-			if err := s.queue(ctx, job{kind: jobSegment, seg: done, end: done.end()}); err != nil {
+			if err := s.queue(ctx, job{kind: jobSegment, seg: done, snap: done.snapshot(done.size), end: done.end()}); err != nil {
 				return err
 			}
 		}
@@ -469,14 +469,14 @@ func (s *streamer) flushPartialAsync(ctx context.Context) {
 	if s.seg.size <= have {
 		return
 	}
-	s.queue(ctx, job{kind: jobPartial, seg: s.seg, n: s.seg.size, end: s.seg.end()})
+	s.queue(ctx, job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
 }
 
 // flushPartial queues a snapshot of the current segment and waits until it
 // is stored.
 func (s *streamer) flushPartial(ctx context.Context) {
 	if s.seg != nil && s.seg.size > 0 {
-		s.queue(ctx, job{kind: jobPartial, seg: s.seg, n: s.seg.size, end: s.seg.end()})
+		s.queue(ctx, job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
 	}
 	s.barrier(ctx)
 }

@@ -28,8 +28,8 @@ const (
 // they are queued, which is LSN order.
 type job struct {
 	kind    jobKind
-	seg     *segment
-	n       int
+	seg     *segment // immutable fields only (name); bytes via snap
+	snap    snapshot
 	end     LSN // flush position once this job is stored (0: unchanged)
 	name    string
 	content []byte
@@ -144,20 +144,20 @@ func (u *uploader) store(ctx context.Context, j job) error {
 		u.mu.Lock()
 		have := u.partialLen[name]
 		u.mu.Unlock()
-		if j.n <= have {
+		if j.snap.n <= have {
 			return nil // the stored partial already holds these bytes
 		}
-		if _, err := u.write(ctx, storage.WALKey(name), j.seg.reader(j.n)); err != nil {
+		if _, err := u.write(ctx, storage.WALKey(name), j.snap.reader()); err != nil {
 			return err
 		}
 		u.mu.Lock()
-		u.partialLen[name] = j.n
+		u.partialLen[name] = j.snap.n
 		u.mu.Unlock()
 		u.stats.PartialsStored.Add(1)
-		u.log.Debug("stored partial segment", "segment", name, "bytes", j.n)
+		u.log.Debug("stored partial segment", "segment", name, "bytes", j.snap.n)
 		return nil
 	case jobSegment:
-		return u.storeSegment(ctx, j.seg)
+		return u.storeSegment(ctx, j.seg, j.snap)
 	case jobHistory:
 		return u.storeHistory(ctx, j.name, j.content)
 	}
@@ -183,7 +183,7 @@ func (u *uploader) write(ctx context.Context, base string, r io.Reader) (storage
 // storeSegment stores a complete segment once: an existing object with the
 // same content is accepted, different content is refused (never
 // overwritten). Then the segment's .partial objects are removed.
-func (u *uploader) storeSegment(ctx context.Context, seg *segment) error {
+func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot) error {
 	name := seg.name()
 	base := storage.WALKey(name)
 	existing, err := u.repo.Find(ctx, base)
@@ -194,7 +194,7 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment) error {
 			return err
 		}
 		h := sha256.New()
-		io.Copy(h, seg.reader(seg.size))
+		io.Copy(h, snap.reader())
 		if !bytes.Equal(h.Sum(nil), have.SHA256[:]) {
 			return storage.Permanent(fmt.Errorf("WAL segment %s is already in the repository with different content: "+
 				"the repository holds WAL of another history; use a new --repo or remove it after checking", name))
@@ -202,7 +202,7 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment) error {
 		u.log.Info("WAL segment already stored", "segment", name)
 	case errors.Is(err, storage.ErrNotFound):
 		start := time.Now()
-		m, err := u.write(ctx, base, seg.reader(seg.size))
+		m, err := u.write(ctx, base, snap.reader())
 		if err != nil {
 			return err
 		}

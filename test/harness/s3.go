@@ -197,3 +197,22 @@ func (s *S3Server) NewBucket(t testing.TB) string {
 	s.CreateBucket(t, name)
 	return name
 }
+
+// Pause stops the gateway process (SIGSTOP): connections are accepted by the
+// kernel but nothing answers, as with a hung storage service. Resume
+// continues it; cleanup resumes it too.
+func (s *S3Server) Pause(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.proc.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("harness: pause versitygw: %v", err)
+	}
+	t.Cleanup(func() { syscall.Kill(s.proc.cmd.Process.Pid, syscall.SIGCONT) })
+}
+
+// Resume continues a paused gateway.
+func (s *S3Server) Resume(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.proc.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("harness: resume versitygw: %v", err)
+	}
+}

@@ -1,0 +1,230 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/test/harness"
+)
+
+// walkeeperBin is the binary under test, built once by TestMain into a
+// directory every user can read (restore_command runs it as postgres).
+var walkeeperBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "walkeeper-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Chmod(dir, 0o755)
+	walkeeperBin = filepath.Join(dir, "walkeeper")
+	build := exec.Command("go", "build", "-race", "-o", walkeeperBin, "../cmd/walkeeper")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build walkeeper: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// repoTarget is a repository the binary and the test both use.
+type repoTarget struct {
+	name string
+	url  string
+	env  []string // AWS_* and WALKEEPER_S3_* for S3
+	open func(t *testing.T) *storage.Repository
+}
+
+// repoTargets returns a fresh local and a fresh S3 repository.
+func repoTargets(t *testing.T) []repoTarget {
+	local := filepath.Join(t.TempDir(), "repo")
+	targets := []repoTarget{{
+		name: "local",
+		url:  local,
+		open: func(t *testing.T) *storage.Repository {
+			r, err := storage.Open(context.Background(), storage.Options{Repo: local})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		},
+	}}
+	srv := harness.StartS3(t)
+	bucket := srv.Bucket
+	env := append(srv.Env(), "WALKEEPER_S3_ENDPOINT="+srv.Endpoint, "WALKEEPER_S3_PATH_STYLE=true")
+	targets = append(targets, repoTarget{
+		name: "s3",
+		url:  "s3://" + bucket + "/cluster",
+		env:  env,
+		open: func(t *testing.T) *storage.Repository {
+			for _, kv := range srv.Env() {
+				k, v, _ := strings.Cut(kv, "=")
+				t.Setenv(k, v)
+			}
+			r, err := storage.Open(context.Background(), storage.Options{
+				Repo: "s3://" + bucket + "/cluster",
+				S3:   storage.S3Options{Endpoint: srv.Endpoint, PathStyle: true},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		},
+	})
+	return targets
+}
+
+// proc is a walkeeper process running in the background.
+type proc struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	out    bytes.Buffer
+	done   chan struct{}
+	err    error
+	killed bool
+}
+
+type lockedWriter struct{ p *proc }
+
+func (w lockedWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.out.Write(b)
+}
+
+// startWalkeeper starts the binary with args; it is killed at cleanup.
+func startWalkeeper(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(walkeeperBin, args...), done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json")
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("walkeeper %s output:\n%s", strings.Join(args, " "), p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// stop sends sig and waits for the exit code.
+func (p *proc) stop(t *testing.T, sig syscall.Signal) int {
+	t.Helper()
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("walkeeper did not exit after %v", sig)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// runWalkeeper runs the binary to completion.
+func runWalkeeper(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, walkeeperBin, args...)
+	cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json")
+	cmd.Env = append(cmd.Env, env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return o.String(), e.String(), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), 0
+}
+
+// waitFor polls cond until it is true or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// walObjects lists the repository's WAL objects by base name (without the
+// codec extension): complete segments, partials and history files.
+func walObjects(t *testing.T, repo *storage.Repository) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := repo.Backend().List(context.Background(), storage.WALPrefix, func(o storage.ObjectInfo) error {
+		base, _, _ := storage.SplitExt(o.Key)
+		out[strings.TrimPrefix(base, storage.WALPrefix)] = o.Key
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// completeSegments returns the sorted names of complete segments stored.
+func completeSegments(t *testing.T, repo *storage.Repository) []string {
+	var names []string
+	for name := range walObjects(t, repo) {
+		if storage.IsSegmentName(name) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// readObject reads and verifies one stored object.
+func readObject(t *testing.T, repo *storage.Repository, key string) []byte {
+	t.Helper()
+	r, err := repo.Open(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	data, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	return data
+}
