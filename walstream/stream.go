@@ -208,12 +208,23 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if _, err := s.opts.Repo.Init(cctx, storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: major, WALSegmentSize: segSize}); err != nil {
-		return permanent{err}
+	// Check the repository's identity before touching the slot, and write
+	// walkeeper.json only once the slot is known to be usable: bad input
+	// leaves nothing behind.
+	want := storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: major, WALSegmentSize: segSize}
+	if _, err := s.opts.Repo.Config(cctx); err == nil {
+		if _, err := s.opts.Repo.Init(cctx, want); err != nil {
+			return permanent{err}
+		}
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return err
 	}
 	slot, err := s.ensureSlot(cctx)
 	if err != nil {
 		return err
+	}
+	if _, err := s.opts.Repo.Init(cctx, want); err != nil {
+		return permanent{err}
 	}
 	srvTLI := uint32(sys.Timeline)
 	var history []historyEntry
@@ -741,7 +752,7 @@ func classify(err error, opts Options) error {
 			return fmt.Errorf("the server has no free WAL sender (%s): raise max_wal_senders or stop another replication client", pgErr.Message)
 		case pgErr.Code == "55006" || strings.Contains(pgErr.Message, "is active for PID"):
 			return fmt.Errorf("replication slot %q is in use by another process (%s)", opts.Slot, pgErr.Message)
-		case strings.Contains(pgErr.Message, "cannot use a logical replication slot"):
+		case strings.Contains(pgErr.Message, "logical replication slot"):
 			return permanentf("replication slot %q is a logical slot; walkeeper needs a physical slot: choose another --slot", opts.Slot)
 		case strings.Contains(pgErr.Message, "has already been removed"):
 			return permanentf("the server already removed WAL the stream needs (%s): the archive has a gap; take a new base backup", pgErr.Message)
