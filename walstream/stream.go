@@ -71,8 +71,8 @@ var ErrPermanent = errors.New("permanent")
 
 type permanent struct{ err error }
 
-func (p permanent) Error() string        { return p.err.Error() }
-func (p permanent) Unwrap() []error      { return []error{p.err, ErrPermanent} }
+func (p permanent) Error() string         { return p.err.Error() }
+func (p permanent) Unwrap() []error       { return []error{p.err, ErrPermanent} }
 func permanentf(f string, a ...any) error { return permanent{fmt.Errorf(f, a...)} }
 
 // Run streams until ctx ends (then it stores what it received, reports it
