@@ -1,0 +1,111 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walkeeper/walkeeper/test/harness"
+)
+
+// BenchmarkStream1GB measures catching up on at least 1 GB of pgbench WAL
+// held by replication slots: walkeeper (zstd and lz4, into a local
+// repository) against pg_receivewal (uncompressed, lz4, gzip), one after
+// the other so they do not share the CPU. It reports MB/s, CPU seconds per
+// GB and peak RSS of each.
+//
+//	make bench   (or: go test -run '^$' -bench Stream1GB -benchtime 1x ./test/)
+func BenchmarkStream1GB(b *testing.B) {
+	bin := filepath.Join(b.TempDir(), "walkeeper")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/walkeeper").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	c := harness.StartCluster(b, harness.ClusterOptions{Name: "bench-stream", ExtraConf: map[string]string{
+		"max_wal_size": "4GB", "checkpoint_timeout": "30min", "shared_buffers": "256MB",
+	}})
+	runs := []struct {
+		name string
+		slot string
+		args func(dir string, endpos string) (string, []string)
+	}{
+		{"pg_receivewal", "rw_none", func(dir, end string) (string, []string) {
+			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", "rw_none", "-E", end, "-n", "-d", c.DSN(harness.ReplicationUser)}
+		}},
+		{"pg_receivewal-lz4", "rw_lz4", func(dir, end string) (string, []string) {
+			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", "rw_lz4", "-E", end, "-n", "--compress=lz4", "-d", c.DSN(harness.ReplicationUser)}
+		}},
+		{"pg_receivewal-gzip", "rw_gzip", func(dir, end string) (string, []string) {
+			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", "rw_gzip", "-E", end, "-n", "--compress=gzip", "-d", c.DSN(harness.ReplicationUser)}
+		}},
+		{"walkeeper-zstd", "wk_zstd", func(dir, end string) (string, []string) {
+			return bin, []string{"stream", "--repo", dir, "--slot", "wk_zstd", "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
+		}},
+		{"walkeeper-lz4", "wk_lz4", func(dir, end string) (string, []string) {
+			return bin, []string{"stream", "--repo", dir, "--compression", "lz4", "--slot", "wk_lz4", "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
+		}},
+	}
+	for _, r := range runs {
+		c.Exec(b, fmt.Sprintf("SELECT pg_create_physical_replication_slot('%s', true)", r.slot))
+	}
+	startLSN := lsnOfTB(b, c.QueryString(b, "SELECT pg_current_wal_lsn()::text"))
+	c.Pgbench(b, "-i", "-s", "70", "-q")
+	c.Exec(b, "CHECKPOINT")
+	endLSN := lsnOfTB(b, c.QueryString(b, "SELECT pg_current_wal_lsn()::text"))
+	end := fmt.Sprintf("%X/%X", endLSN>>32, uint32(endLSN))
+	walMB := float64(endLSN-startLSN) / 1e6
+	b.Logf("WAL to stream: %.0f MB (%X .. %X)", walMB, startLSN, endLSN)
+	if walMB < 1000 {
+		b.Fatalf("only %.0f MB of WAL", walMB)
+	}
+	b.ResetTimer()
+	for range b.N {
+		for _, r := range runs {
+			dir := harness.MakeDir(b, r.name)
+			path, args := r.args(dir, end)
+			cmd := exec.Command(path, args...)
+			if filepath.Base(path) == "pg_receivewal" {
+				cmd = c.Command(context.Background(), path, args...)
+			}
+			cmd.Env = append(cmd.Environ(), "WALKEEPER_LOG_LEVEL=warn")
+			cmd.Stderr = os.Stderr
+			began := time.Now()
+			if err := cmd.Run(); err != nil {
+				b.Fatalf("%s: %v", r.name, err)
+			}
+			wall := time.Since(began)
+			ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			stored := dirSize(b, dir)
+			b.ReportMetric(walMB/wall.Seconds(), r.name+"-MB/s")
+			b.ReportMetric(cpu.Seconds()/(walMB/1000), r.name+"-cpu-s/GB")
+			b.ReportMetric(float64(ru.Maxrss)/1024, r.name+"-peak-RSS-MB")
+			b.ReportMetric(float64(stored)/1e6, r.name+"-stored-MB")
+			b.Logf("%-20s %6.1f MB/s  %5.2f CPU s/GB  peak RSS %5.1f MB  stored %6.0f MB",
+				r.name, walMB/wall.Seconds(), cpu.Seconds()/(walMB/1000), float64(ru.Maxrss)/1024, float64(stored)/1e6)
+		}
+	}
+}
+
+func lsnOfTB(tb testing.TB, s string) uint64 {
+	var hi, lo uint64
+	if _, err := fmt.Sscanf(s, "%X/%X", &hi, &lo); err != nil {
+		tb.Fatal(err)
+	}
+	return hi<<32 | lo
+}
+
+func dirSize(tb testing.TB, dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
+}
