@@ -63,6 +63,46 @@ func (r *Repository) Open(ctx context.Context, key string) (*Reader, error) {
 	return openReader(ctx, r.b, key)
 }
 
+// SameContent reports whether the stored object key holds exactly the
+// bytes r yields. It decompresses the object (verifying it) and compares as
+// it streams, so it works whatever codec either side used.
+func (r *Repository) SameContent(ctx context.Context, key string, content io.Reader) (bool, error) {
+	obj, err := r.Open(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	defer obj.Close()
+	a := make([]byte, 64<<10)
+	b := make([]byte, 64<<10)
+	for {
+		n, errA := io.ReadFull(obj, a)
+		m, errB := io.ReadFull(content, b[:max(n, 1)])
+		if errA != nil && errA != io.EOF && errA != io.ErrUnexpectedEOF {
+			return false, errA
+		}
+		if errB != nil && errB != io.EOF && errB != io.ErrUnexpectedEOF {
+			return false, errB
+		}
+		if n != m || !bytes.Equal(a[:n], b[:m]) {
+			return false, nil
+		}
+		if n < len(a) { // the object ended: the content must end too
+			extra, err := content.Read(b[:1])
+			if extra > 0 {
+				return false, nil
+			}
+			if err != nil && err != io.EOF {
+				return false, err
+			}
+			// Drain the object to EOF so its checksum is verified.
+			if _, err := io.Copy(io.Discard, obj); err != nil {
+				return false, err
+			}
+			return true, nil
+		}
+	}
+}
+
 // Meta reads an object's header and trailer without reading its body (two
 // ranged reads), so callers can compare checksums cheaply.
 func (r *Repository) Meta(ctx context.Context, key string) (Meta, error) {

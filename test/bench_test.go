@@ -53,7 +53,7 @@ func BenchmarkStream1GB(b *testing.B) {
 		c.Exec(b, fmt.Sprintf("SELECT pg_create_physical_replication_slot('%s', true)", r.slot))
 	}
 	startLSN := lsnOfTB(b, c.QueryString(b, "SELECT pg_current_wal_lsn()::text"))
-	c.Pgbench(b, "-i", "-s", "70", "-q")
+	c.Pgbench(b, "-i", "-s", "90", "-q")
 	c.Exec(b, "CHECKPOINT")
 	endLSN := lsnOfTB(b, c.QueryString(b, "SELECT pg_current_wal_lsn()::text"))
 	end := fmt.Sprintf("%X/%X", endLSN>>32, uint32(endLSN))

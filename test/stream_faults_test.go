@@ -374,3 +374,32 @@ func listAll(t *testing.T, dir string) []string {
 	}
 	return out
 }
+
+// TestStreamEndpos checks that --endpos stops the stream by itself, exit 0,
+// with the WAL up to that position stored.
+func TestStreamEndpos(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "endpos"})
+	c.Exec(t, "SELECT pg_create_physical_replication_slot('wk', true)")
+	c.Pgbench(t, "-i", "-s", "2", "-q")
+	end := c.QueryString(t, "SELECT pg_current_wal_lsn()::text")
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	_, stderr, code := runWalkeeper(t, nil, "stream", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wk", "--endpos", end)
+	if code != 0 {
+		t.Fatalf("exit code %d: %s", code, stderr)
+	}
+	repo, _ := storage.Open(context.Background(), storage.Options{Repo: repoDir})
+	stored, err := repoEnd(context.Background(), repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored != lsnOf(t, end) {
+		t.Fatalf("repository ends at %X, --endpos was %s", stored, end)
+	}
+	if !strings.Contains(stderr, "reached end position") {
+		t.Errorf("no end-position log line: %s", stderr)
+	}
+	_, stderr, code = runWalkeeper(t, nil, "stream", "--repo", repoDir, "--slot", "wk", "--endpos", "0/12G")
+	if code != 2 || !strings.Contains(stderr, "invalid LSN") {
+		t.Errorf("bad --endpos: code %d, %q", code, stderr)
+	}
+}

@@ -93,3 +93,21 @@ func (r *segmentReader) Read(p []byte) (int, error) {
 	r.off += n
 	return n, nil
 }
+
+// WriteTo hands the chunks to w directly, saving io.Copy's buffer copy on
+// the hot path.
+func (r *segmentReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for r.off < r.n {
+		c := *r.chunks[r.off/chunkSize]
+		lo := r.off % chunkSize
+		hi := min(chunkSize, lo+(r.n-r.off))
+		n, err := w.Write(c[lo:hi])
+		r.off += n
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}

@@ -3,7 +3,6 @@ package walstream
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -189,13 +188,11 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 	existing, err := u.repo.Find(ctx, base)
 	switch {
 	case err == nil:
-		have, err := u.repo.Meta(ctx, existing.Key)
+		same, err := u.repo.SameContent(ctx, existing.Key, snap.reader())
 		if err != nil {
 			return err
 		}
-		h := sha256.New()
-		io.Copy(h, snap.reader())
-		if !bytes.Equal(h.Sum(nil), have.SHA256[:]) {
+		if !same {
 			return storage.Permanent(fmt.Errorf("WAL segment %s is already in the repository with different content: "+
 				"the repository holds WAL of another history; use a new --repo or remove it after checking", name))
 		}
@@ -236,12 +233,9 @@ func (u *uploader) storeHistory(ctx context.Context, name string, content []byte
 	base := storage.WALKey(name)
 	existing, err := u.repo.Find(ctx, base)
 	if err == nil {
-		have, err := u.repo.Meta(ctx, existing.Key)
-		if err != nil {
+		same, err := u.repo.SameContent(ctx, existing.Key, bytes.NewReader(content))
+		if err != nil || same {
 			return err
-		}
-		if have.SHA256 == sha256.Sum256(content) {
-			return nil
 		}
 		return storage.Permanent(fmt.Errorf("timeline history file %s in the repository differs from the server's: "+
 			"the repository belongs to another history; use a new --repo", name))
