@@ -15,6 +15,7 @@ import (
 //	wal/<TTTTTTTT>.history<ext>            a timeline history file
 //	backups/<ID>/...                       one base backup; backup.json last
 //	locks/<name>.json                      advisory locks
+//	streams/<slot>.json                    heartbeat of a running stream
 //
 // <ext> is the codec's extension (".zst", ".lz4", ".gz", ".s2", or nothing
 // for none); the object header is what readers trust.
@@ -23,7 +24,14 @@ const (
 	WALPrefix     = "wal/"
 	BackupsPrefix = "backups/"
 	LocksPrefix   = "locks/"
+	StreamsPrefix = "streams/"
 )
+
+// StreamStatusKey is where the stream of slot writes its heartbeat.
+func StreamStatusKey(slot string) string { return StreamsPrefix + slot + ".json" }
+
+// BackupMetaKey is the key of a backup's backup.json, its commit marker.
+func BackupMetaKey(id string) string { return BackupsPrefix + id + "/backup.json" }
 
 // FormatVersion is the repository format this walkeeper writes and the
 // newest it can read.

@@ -1,31 +1,14 @@
 package walstream
 
-import (
-	"fmt"
-	"strconv"
-	"strings"
-
-	"github.com/jackc/pglogrepl"
-)
+import "github.com/walkeeper/walkeeper/internal/replication"
 
 // LSN is a WAL position.
-type LSN = pglogrepl.LSN
+type LSN = replication.LSN
 
-// ParseLSN parses "16/B374D848" strictly: two hexadecimal numbers of at most
-// eight digits separated by one slash, nothing else (pglogrepl.ParseLSN
-// accepts trailing garbage).
-func ParseLSN(s string) (LSN, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok || hi == "" || lo == "" || len(hi) > 8 || len(lo) > 8 {
-		return 0, fmt.Errorf("invalid LSN %q: use the form 16/B374D848", s)
-	}
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("invalid LSN %q: use the form 16/B374D848", s)
-	}
-	return LSN(h<<32 | l), nil
-}
+// ParseLSN parses an LSN strictly (see replication.ParseLSN).
+func ParseLSN(s string) (LSN, error) { return replication.ParseLSN(s) }
 
-// segStart rounds lsn down to the start of its segment.
-func segStart(lsn LSN, segSize uint64) LSN { return LSN(uint64(lsn) - uint64(lsn)%segSize) }
+// ValidateSlotName checks a slot name the way PostgreSQL does.
+func ValidateSlotName(name string) error { return replication.ValidateSlotName(name) }
+
+func segStart(lsn LSN, segSize uint64) LSN { return replication.SegStart(lsn, segSize) }

@@ -6,16 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"regexp"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
 )
 
@@ -54,34 +55,13 @@ type Options struct {
 	Log             *slog.Logger
 }
 
-var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-
-// ValidateSlotName checks a slot name the way PostgreSQL does.
-func ValidateSlotName(name string) error {
-	if !slotNameRE.MatchString(name) {
-		return fmt.Errorf("invalid slot name %q: use 1 to 63 lower-case letters, digits and underscores", name)
-	}
-	return nil
-}
-
-// ErrPermanent wraps errors that reconnecting cannot fix: bad credentials,
-// missing privileges, a slot of the wrong kind, a repository of another
-// cluster.
-var ErrPermanent = errors.New("permanent")
-
-type permanent struct{ err error }
-
-func (p permanent) Error() string         { return p.err.Error() }
-func (p permanent) Unwrap() []error       { return []error{p.err, ErrPermanent} }
-func permanentf(f string, a ...any) error { return permanent{fmt.Errorf(f, a...)} }
-
 // Run streams until ctx ends (then it stores what it received, reports it
 // and returns nil) or until EndPos is stored. Connection failures after the
 // first successful start are retried with exponential backoff; a failure
 // before it is returned, so a misconfiguration surfaces at once.
 func Run(ctx context.Context, opts Options) error {
-	if err := ValidateSlotName(opts.Slot); err != nil {
-		return permanent{err}
+	if err := replication.ValidateSlotName(opts.Slot); err != nil {
+		return replication.Permanent(err)
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
@@ -120,6 +100,10 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	s := &streamer{opts: opts, log: log, up: up}
+	hbDone := make(chan struct{})
+	hbStop := make(chan struct{})
+	go func() { s.heartbeat(upCtx, hbStop); close(hbDone) }()
+	defer func() { close(hbStop); <-hbDone }()
 	backoff := time.Second
 	for {
 		began := time.Now()
@@ -135,7 +119,7 @@ func Run(ctx context.Context, opts Options) error {
 			log.Info("reached end position", "endpos", opts.EndPos.String())
 			return nil
 		}
-		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || !errors.Is(err, ErrPermanent)) {
+		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || !errors.Is(err, replication.ErrPermanent)) {
 			stopUploader()
 			if fe := up.fatal(); fe != nil {
 				return fe
@@ -143,7 +127,7 @@ func Run(ctx context.Context, opts Options) error {
 			log.Info("stream stopped", "flushed", LSN(up.flushed.Load()).String())
 			return nil
 		}
-		if errors.Is(err, ErrPermanent) || storage.IsPermanent(err) || !s.started {
+		if errors.Is(err, replication.ErrPermanent) || storage.IsPermanent(err) || !s.started {
 			stopUploader()
 			return err
 		}
@@ -161,11 +145,54 @@ func Run(ctx context.Context, opts Options) error {
 
 var errEndPos = errors.New("end position reached")
 
+// heartbeat writes streams/<slot>.json every storage.StreamHeartbeat so
+// backups and status know a stream archives into this repository, and a
+// final one marked stopped.
+func (s *streamer) heartbeat(ctx context.Context, stop <-chan struct{}) {
+	host, _ := os.Hostname()
+	write := func(stopped bool) {
+		sys, _ := s.sysID.Load().(string)
+		if sys == "" {
+			return // the repository's identity is not checked yet
+		}
+		st := storage.StreamStatus{
+			Slot: s.opts.Slot, Host: host, PID: os.Getpid(), SystemIdentifier: sys,
+			Timeline: s.tliNow.Load(), Received: LSN(s.receivedNow.Load()).String(),
+			Flushed: LSN(s.up.flushed.Load()).String(), UpdatedAt: time.Now().UTC(), Stopped: stopped,
+		}
+		wctx, cancel := context.WithTimeout(ctx, storage.StreamHeartbeat)
+		defer cancel()
+		if err := s.opts.Repo.WriteJSON(wctx, storage.StreamStatusKey(s.opts.Slot), st); err != nil {
+			s.log.Debug("writing stream heartbeat failed", "error", err)
+		}
+	}
+	t := time.NewTicker(storage.StreamHeartbeat)
+	defer t.Stop()
+	first := time.NewTimer(time.Second)
+	defer first.Stop()
+	for {
+		select {
+		case <-stop:
+			write(true)
+			return
+		case <-first.C:
+			write(false)
+		case <-t.C:
+			write(false)
+		}
+	}
+}
+
 type streamer struct {
 	opts    Options
 	log     *slog.Logger
 	up      *uploader
 	started bool // START_REPLICATION succeeded at least once
+
+	// For the heartbeat goroutine.
+	sysID       atomic.Value // string
+	tliNow      atomic.Uint32
+	receivedNow atomic.Uint64
 
 	conn     *pgconn.PgConn
 	segSize  uint64
@@ -181,7 +208,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err := s.barrier(ctx); err != nil {
 		return err
 	}
-	conn, err := s.connect(ctx)
+	conn, err := replication.Connect(ctx, s.opts.DSN, s.opts.ApplicationName, s.opts.ConnectTimeout)
 	if err != nil {
 		return err
 	}
@@ -195,26 +222,20 @@ func (s *streamer) session(ctx context.Context) (err error) {
 
 	cctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
 	defer cancel()
-	sys, err := pglogrepl.IdentifySystem(cctx, conn)
-	if err != nil {
-		return classify(err, s.opts)
-	}
-	segSize, err := s.showSegmentSize(cctx)
+	sys, err := replication.Identify(cctx, conn)
 	if err != nil {
 		return err
 	}
+	segSize, major := sys.SegSize, sys.Major
 	s.segSize = segSize
-	major, err := serverMajor(conn)
-	if err != nil {
-		return err
-	}
+	s.sysID.Store(sys.SystemID)
 	// Check the repository's identity before touching the slot, and write
 	// walkeeper.json only once the slot is known to be usable: bad input
 	// leaves nothing behind.
 	want := storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: major, WALSegmentSize: segSize}
 	if _, err := s.opts.Repo.Config(cctx); err == nil {
 		if _, err := s.opts.Repo.Init(cctx, want); err != nil {
-			return permanent{err}
+			return replication.Permanent(err)
 		}
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return err
@@ -224,9 +245,9 @@ func (s *streamer) session(ctx context.Context) (err error) {
 		return err
 	}
 	if _, err := s.opts.Repo.Init(cctx, want); err != nil {
-		return permanent{err}
+		return replication.Permanent(err)
 	}
-	srvTLI := uint32(sys.Timeline)
+	srvTLI := sys.Timeline
 	var history []historyEntry
 	if srvTLI > 1 {
 		content, name, err := s.timelineHistory(cctx, srvTLI)
@@ -249,7 +270,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	}
 	start, err := chooseStart(newest, srvTLI, sys.XLogPos, history, slot.restartTLI, slot.restartLSN, segSize)
 	if err != nil {
-		return permanent{err}
+		return replication.Permanent(err)
 	}
 	if newest.found && start.why != "repository" && !strings.HasPrefix(start.why, "repository") {
 		s.log.Warn("the repository's WAL does not continue the server's history; starting elsewhere",
@@ -270,7 +291,7 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 			return errEndPos
 		}
 		sctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
-		err := pglogrepl.StartReplication(sctx, s.conn, quoteIdent(s.opts.Slot), pos,
+		err := pglogrepl.StartReplication(sctx, s.conn, replication.QuoteIdent(s.opts.Slot), pos,
 			pglogrepl.StartReplicationOptions{Timeline: int32(tli), Mode: pglogrepl.PhysicalReplication})
 		cancel()
 		if nextTLI, nextPos, ok := pglogrepl.IsErrEndTimeline(err); ok {
@@ -282,9 +303,10 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 			continue
 		}
 		if err != nil {
-			return classify(err, s.opts)
+			return replication.Classify(err, s.opts.Slot)
 		}
 		s.started = true
+		s.tliNow.Store(tli)
 		s.log.Info("streaming", "timeline", tli, "start", pos.String(), "segment_size", s.segSize)
 		s.seg = newSegment(tli, pos, s.segSize)
 		s.received = pos
@@ -355,7 +377,7 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 			if pgconn.Timeout(err) || ctx.Err() != nil {
 				continue
 			}
-			return startPoint{}, classify(err, s.opts)
+			return startPoint{}, replication.Classify(err, s.opts.Slot)
 		}
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
@@ -386,7 +408,7 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 		case *pgproto3.CopyDone:
 			return s.endOfTimeline()
 		case *pgproto3.ErrorResponse:
-			return startPoint{}, classify(pgconn.ErrorResponseToPgError(msg), s.opts)
+			return startPoint{}, replication.Classify(pgconn.ErrorResponseToPgError(msg), s.opts.Slot)
 		case *pgproto3.NoticeResponse:
 		default:
 			s.log.Debug("unexpected message during streaming", "type", fmt.Sprintf("%T", msg))
@@ -413,6 +435,7 @@ func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) err
 		s.seg.append(data[:n])
 		data = data[n:]
 		s.received += LSN(n)
+		s.receivedNow.Store(uint64(s.received))
 		if s.seg.full() {
 			done := s.seg
 			s.seg = newSegment(done.tli, done.end(), s.segSize)
@@ -564,71 +587,10 @@ func pgTime(t time.Time) int64 {
 	return t.UnixMicro() - 946684800_000_000
 }
 
-func (s *streamer) connect(ctx context.Context) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(s.opts.DSN)
-	if err != nil {
-		return nil, permanentf("invalid --dsn: %v", redact(err))
-	}
-	cfg.RuntimeParams["replication"] = "true"
-	cfg.RuntimeParams["application_name"] = s.opts.ApplicationName
-	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > s.opts.ConnectTimeout {
-		cfg.ConnectTimeout = s.opts.ConnectTimeout
-	}
-	cctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
-	defer cancel()
-	conn, err := pgconn.ConnectConfig(cctx, cfg)
-	if err != nil {
-		return nil, classify(err, s.opts)
-	}
-	return conn, nil
-}
-
-func (s *streamer) showSegmentSize(ctx context.Context) (uint64, error) {
-	res, err := s.conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
-	if err != nil {
-		return 0, classify(err, s.opts)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 {
-		return 0, errors.New("SHOW wal_segment_size returned no row")
-	}
-	return parseGUCSize(string(res[0].Rows[0][0]))
-}
-
-// parseGUCSize parses a size as SHOW prints it ("16MB", "1GB").
-func parseGUCSize(v string) (uint64, error) {
-	mult := uint64(1)
-	for _, u := range []struct {
-		s string
-		m uint64
-	}{{"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(v, u.s) {
-			v, mult = strings.TrimSuffix(v, u.s), u.m
-			break
-		}
-	}
-	n, err := strconv.ParseUint(v, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("cannot parse wal_segment_size %q", v)
-	}
-	return n * mult, nil
-}
-
-func serverMajor(conn *pgconn.PgConn) (int, error) {
-	v := conn.ParameterStatus("server_version")
-	major, err := strconv.Atoi(strings.SplitN(strings.SplitN(v, ".", 2)[0], " ", 2)[0])
-	if err != nil {
-		return 0, fmt.Errorf("cannot parse server_version %q", v)
-	}
-	if major < 15 {
-		return major, permanentf("PostgreSQL %s is not supported by walkeeper stream: use PostgreSQL 15 or newer", v)
-	}
-	return major, nil
-}
-
 func (s *streamer) timelineHistory(ctx context.Context, tli uint32) ([]byte, string, error) {
 	res, err := pglogrepl.TimelineHistory(ctx, s.conn, int32(tli))
 	if err != nil {
-		return nil, "", fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, classify(err, s.opts))
+		return nil, "", fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, replication.Classify(err, s.opts.Slot))
 	}
 	if res.FileName != storage.HistoryName(tli) {
 		return nil, "", fmt.Errorf("TIMELINE_HISTORY %d returned file %q", tli, res.FileName)
@@ -645,9 +607,9 @@ type slotInfo struct {
 // reserved WAL when missing, and refuses a logical or invalidated slot.
 func (s *streamer) ensureSlot(ctx context.Context) (slotInfo, error) {
 	name := s.opts.Slot
-	res, err := s.conn.Exec(ctx, "READ_REPLICATION_SLOT "+quoteIdent(name)).ReadAll()
+	res, err := s.conn.Exec(ctx, "READ_REPLICATION_SLOT "+replication.QuoteIdent(name)).ReadAll()
 	if err != nil {
-		return slotInfo{}, classify(err, s.opts)
+		return slotInfo{}, replication.Classify(err, s.opts.Slot)
 	}
 	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 {
 		return slotInfo{}, errors.New("unexpected READ_REPLICATION_SLOT result")
@@ -655,21 +617,21 @@ func (s *streamer) ensureSlot(ctx context.Context) (slotInfo, error) {
 	row := res[0].Rows[0]
 	if row[0] == nil { // no such slot
 		if !s.opts.CreateSlot {
-			return slotInfo{}, permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or drop --no-create-slot", name, name)
+			return slotInfo{}, replication.Permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or drop --no-create-slot", name, name)
 		}
-		_, err := s.conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+quoteIdent(name)+" PHYSICAL RESERVE_WAL").ReadAll()
+		_, err := s.conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+replication.QuoteIdent(name)+" PHYSICAL RESERVE_WAL").ReadAll()
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42710" {
 			return s.ensureSlot(ctx) // created meanwhile by someone else
 		}
 		if err != nil {
-			return slotInfo{}, fmt.Errorf("create replication slot %q: %w", name, classify(err, s.opts))
+			return slotInfo{}, fmt.Errorf("create replication slot %q: %w", name, replication.Classify(err, s.opts.Slot))
 		}
 		s.log.Info("created physical replication slot with reserved WAL", "slot", name)
 		return s.ensureSlot(ctx)
 	}
 	if kind := string(row[0]); kind != "physical" {
-		return slotInfo{}, permanentf("replication slot %q is a %s slot; walkeeper needs a physical slot: choose another --slot", name, kind)
+		return slotInfo{}, replication.Permanentf("replication slot %q is a %s slot; walkeeper needs a physical slot: choose another --slot", name, kind)
 	}
 	var info slotInfo
 	if row[1] != nil {
@@ -694,19 +656,9 @@ func (s *streamer) ensureSlot(ctx context.Context) (slotInfo, error) {
 // invalidated slot and to warn when another process holds it. When that
 // connection is not possible the check is skipped with a note.
 func (s *streamer) checkSlotHealth(ctx context.Context, info slotInfo) error {
-	cfg, err := pgconn.ParseConfig(s.opts.DSN)
+	conn, err := replication.ConnectSQL(ctx, s.opts.DSN, "walkeeper-slot-check", s.opts.ConnectTimeout)
 	if err != nil {
-		return nil
-	}
-	delete(cfg.RuntimeParams, "replication")
-	cfg.RuntimeParams["application_name"] = "walkeeper-slot-check"
-	if cfg.Database == "" {
-		cfg.Database = "postgres"
-	}
-	cfg.ConnectTimeout = s.opts.ConnectTimeout
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		s.log.Debug("slot health check skipped: no SQL connection", "error", redact(err))
+		s.log.Debug("slot health check skipped: no SQL connection", "error", replication.Redact(err))
 		if info.restartLSN == 0 {
 			s.log.Warn("replication slot has no reserved WAL (invalidated, or created without reserving WAL)", "slot", s.opts.Slot)
 		}
@@ -720,7 +672,7 @@ func (s *streamer) checkSlotHealth(ctx context.Context, info slotInfo) error {
 	}
 	walStatus, activePID := string(res[0].Rows[0][0]), string(res[0].Rows[0][1])
 	if walStatus == "lost" {
-		return permanentf("replication slot %q was invalidated (wal_status=lost): the server removed WAL it held; "+
+		return replication.Permanentf("replication slot %q was invalidated (wal_status=lost): the server removed WAL it held; "+
 			"take a new base backup and recreate the slot (SELECT pg_drop_replication_slot('%s'))", s.opts.Slot, s.opts.Slot)
 	}
 	if activePID != "" {
@@ -728,52 +680,4 @@ func (s *streamer) checkSlotHealth(ctx context.Context, info slotInfo) error {
 			"slot", s.opts.Slot, "active_pid", activePID)
 	}
 	return nil
-}
-
-// quoteIdent quotes a slot name for a replication command.
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
-
-// classify turns server and network errors into one-line errors with a
-// hint, marking those that reconnecting cannot fix as permanent.
-func classify(err error, opts Options) error {
-	if err == nil {
-		return nil
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch {
-		case pgErr.Code == "28P01":
-			return permanentf("password authentication failed: check the password in --dsn, PGPASSWORD or the pgpass file")
-		case pgErr.Code == "28000" && strings.Contains(pgErr.Message, "pg_hba.conf"):
-			return permanentf("the server refused the replication connection (%s): add a 'host replication ROLE ADDRESS scram-sha-256' line to pg_hba.conf and reload", pgErr.Message)
-		case pgErr.Code == "42501" || strings.Contains(pgErr.Message, "permission to start WAL sender"):
-			return permanentf("the role lacks the REPLICATION attribute (%s): ALTER ROLE ... REPLICATION, or connect as a role that has it", pgErr.Message)
-		case pgErr.Code == "53300":
-			return fmt.Errorf("the server has no free WAL sender (%s): raise max_wal_senders or stop another replication client", pgErr.Message)
-		case pgErr.Code == "55006" || strings.Contains(pgErr.Message, "is active for PID"):
-			return fmt.Errorf("replication slot %q is in use by another process (%s)", opts.Slot, pgErr.Message)
-		case strings.Contains(pgErr.Message, "logical replication slot"):
-			return permanentf("replication slot %q is a logical slot; walkeeper needs a physical slot: choose another --slot", opts.Slot)
-		case strings.Contains(pgErr.Message, "has already been removed"):
-			return permanentf("the server already removed WAL the stream needs (%s): the archive has a gap; take a new base backup", pgErr.Message)
-		}
-		return fmt.Errorf("server: %s (SQLSTATE %s)", pgErr.Message, pgErr.Code)
-	}
-	var netErr *net.OpError
-	if errors.As(err, &netErr) || strings.Contains(err.Error(), "dial") {
-		return fmt.Errorf("cannot reach PostgreSQL: %v: check --dsn and that the server is running", redact(err))
-	}
-	return redact(err)
-}
-
-var passwordRE = regexp.MustCompile(`(?i)(password=|://[^:/@]*:)[^ @]*`)
-
-// redact removes passwords from an error message.
-func redact(err error) error {
-	msg := err.Error()
-	clean := passwordRE.ReplaceAllString(msg, "${1}****")
-	if clean == msg {
-		return err
-	}
-	return errors.New(clean)
 }
