@@ -29,11 +29,11 @@ type LockInfo struct {
 
 // Lock is a held repository lock; Release it when done.
 type Lock struct {
-	repo   *Repository
-	key    string
-	info   LockInfo
-	stop   chan struct{}
-	done   chan struct{}
+	repo *Repository
+	key  string
+	info LockInfo
+	stop chan struct{}
+	done chan struct{}
 }
 
 // Lock timing. The holder rewrites the lock every lockRefresh; a lock whose

@@ -178,7 +178,7 @@ func (w *Writer) Close() (Meta, error) {
 		return m, w.putError(err)
 	}
 	copy(m.SHA256[:], w.out.h.Sum(nil))
-	m.Codec, m.Size = w.codec, w.n
+	m.Codec, m.Size, m.StoredSize = w.codec, w.n, w.out.n+trailerSize
 	if _, err := w.pw.Write(encodeTrailer(w.n, m.SHA256[:])); err != nil {
 		w.Abort()
 		return m, w.putError(err)
@@ -340,15 +340,17 @@ func (t *tailReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// hashWriter hashes what passes through it.
+// hashWriter hashes and counts what passes through it.
 type hashWriter struct {
 	w io.Writer
 	h hash.Hash
+	n int64
 }
 
 func (c *hashWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.h.Write(p[:n])
+	c.n += int64(n)
 	return n, err
 }
 

@@ -37,7 +37,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &ue):
 		return exitUsage
-	case errors.Is(err, errLocked):
+	case errors.Is(err, storage.ErrLocked):
 		return exitLocked
 	case errors.Is(err, storage.ErrNotFound) && errors.Is(err, errWALFetch):
 		return exitNotFound
@@ -45,11 +45,8 @@ func exitCode(err error) int {
 	return exitFailure
 }
 
-// Sentinels that commands wrap to pick their exit code.
-var (
-	errLocked   = errors.New("repository is locked by another run")
-	errWALFetch = errors.New("wal-fetch")
-)
+// errWALFetch marks wal-fetch's errors, whose not-found has its own code.
+var errWALFetch = errors.New("wal-fetch")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

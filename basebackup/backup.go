@@ -1,0 +1,437 @@
+package basebackup
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walkeeper/walkeeper/internal/replication"
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+// WAL modes: how a backup gets the WAL from its start to its stop LSN.
+const (
+	WALAuto    = "auto"    // stream when a walkeeper stream archives into the repository, else include
+	WALStream  = "stream"  // wait for that WAL to be stored by `walkeeper stream`
+	WALInclude = "include" // take it inside the backup (BASE_BACKUP's WAL option)
+)
+
+// Options configure Run.
+type Options struct {
+	DSN  string
+	Repo *storage.Repository
+	// Label is the backup label (default "walkeeper <ID>").
+	Label string
+	// FastCheckpoint requests an immediate checkpoint instead of a spread one.
+	FastCheckpoint bool
+	// MaxRate limits the server's transfer rate in bytes per second (0: no
+	// limit; PostgreSQL accepts 32 kB/s to 1 GB/s).
+	MaxRate int64
+	// WAL is WALAuto (default), WALStream or WALInclude.
+	WAL string
+	// WALTimeout bounds the wait for streamed WAL (default 5 minutes).
+	WALTimeout time.Duration
+	// ConnectTimeout bounds connecting (default 10s).
+	ConnectTimeout time.Duration
+	// Progress, when set, is called as data arrives with the bytes sent so
+	// far and the server's estimate of the total.
+	Progress func(done, total int64)
+	// Version is recorded in backup.json.
+	Version string
+	Log     *slog.Logger
+}
+
+// Run takes a base backup into the repository and returns its backup.json.
+// On failure nothing is marked complete and the objects written so far are
+// removed (what cannot be removed stays behind without backup.json, shown
+// as incomplete by List).
+func Run(ctx context.Context, opts Options) (*Meta, error) {
+	if opts.WAL == "" {
+		opts.WAL = WALAuto
+	}
+	if opts.WALTimeout <= 0 {
+		opts.WALTimeout = 5 * time.Minute
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	log := opts.Log
+	conn, err := replication.Connect(ctx, opts.DSN, "walkeeper backup", opts.ConnectTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn.Close(cctx)
+		cancel()
+	}()
+	cctx, cancel := context.WithTimeout(ctx, opts.ConnectTimeout)
+	defer cancel()
+	sys, err := replication.Identify(cctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	want := storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: sys.Major, WALSegmentSize: sys.SegSize}
+	if _, err := opts.Repo.Config(cctx); err == nil {
+		if _, err := opts.Repo.Init(cctx, want); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return nil, err
+	}
+	lock, err := opts.Repo.Lock(ctx, "backup", "backup")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		lock.Release(rctx)
+		cancel()
+	}()
+	if _, err := opts.Repo.Init(cctx, want); err != nil {
+		return nil, err
+	}
+	walMode := opts.WAL
+	if walMode == WALAuto {
+		walMode = WALInclude
+		streams, err := opts.Repo.Streams(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, st := range streams {
+			if st.SystemIdentifier == sys.SystemID && st.Live(time.Now()) {
+				walMode = WALStream
+				log.Info("a walkeeper stream archives into this repository: the backup will wait for its WAL", "slot", st.Slot)
+				break
+			}
+		}
+	}
+	id, err := newID(ctx, opts.Repo)
+	if err != nil {
+		return nil, err
+	}
+	b := &backup{opts: opts, log: log.With("backup", id), id: id, sys: sys, walMode: walMode, conn: conn}
+	// The first object of every backup: until backup.json joins it, list
+	// shows the backup as incomplete, whatever happens to this process.
+	host, _ := os.Hostname()
+	started := map[string]any{"id": id, "start_time": time.Now().UTC(), "host": host, "pid": os.Getpid(), "wal": walMode}
+	if err := opts.Repo.WriteJSON(ctx, storage.BackupKey(id, startedName), started); err != nil {
+		return nil, fmt.Errorf("start backup %s: %w", id, err)
+	}
+	meta, err := b.run(ctx)
+	if err != nil {
+		b.cleanup()
+		return nil, err
+	}
+	return meta, nil
+}
+
+// startedName is the object written when a backup starts.
+const startedName = "started.json"
+
+// newID returns an unused ID made of the current UTC time.
+func newID(ctx context.Context, repo *storage.Repository) (string, error) {
+	t := time.Now().UTC()
+	for i := 0; i < 100; i++ {
+		id := t.Add(time.Duration(i) * time.Second).Format(idFormat)
+		used := false
+		err := repo.Backend().List(ctx, storage.BackupsPrefix+id+"/", func(storage.ObjectInfo) error {
+			used = true
+			return errors.New("stop")
+		})
+		if err != nil && !used {
+			return "", err
+		}
+		if !used {
+			return id, nil
+		}
+	}
+	return "", errors.New("no free backup ID")
+}
+
+type backup struct {
+	opts    Options
+	log     *slog.Logger
+	id      string
+	sys     replication.System
+	walMode string
+	conn    *pgconn.PgConn
+	ctx     context.Context
+
+	cur      *storage.Writer
+	curName  string
+	objects  []Object
+	failures []ChecksumFailure
+	total    int64 // server's estimate, bytes
+}
+
+func (b *backup) run(ctx context.Context) (*Meta, error) {
+	b.ctx = ctx
+	start := time.Now().UTC()
+	label := b.opts.Label
+	if label == "" {
+		label = "walkeeper " + b.id
+	}
+	if b.walMode == WALInclude {
+		// A temporary slot created before the backup starts keeps the
+		// server from recycling the WAL the backup will include.
+		var rnd [4]byte
+		rand.Read(rnd[:])
+		slot := "walkeeper_backup_" + hex.EncodeToString(rnd[:])
+		cctx, cancel := context.WithTimeout(ctx, b.opts.ConnectTimeout)
+		_, err := b.conn.Exec(cctx, "CREATE_REPLICATION_SLOT "+replication.QuoteIdent(slot)+" TEMPORARY PHYSICAL RESERVE_WAL").ReadAll()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("create temporary slot to hold WAL: %w", replication.Classify(err, slot))
+		}
+	}
+	cmd := b.command(label)
+	b.log.Info("starting base backup", "wal", b.walMode, "checkpoint", map[bool]string{true: "fast", false: "spread"}[b.opts.FastCheckpoint])
+	b.conn.Frontend().SendQuery(&pgproto3.Query{String: cmd})
+	if err := b.conn.Frontend().Flush(); err != nil {
+		return nil, replication.Classify(err, "")
+	}
+	d := &decoder{rx: b.conn, sink: b, major: b.sys.Major, waitFirst: time.Hour, idle: 10 * time.Minute}
+	res, err := d.run(ctx, true)
+	if err == nil {
+		err = b.closeCurrent()
+	}
+	if err != nil {
+		if b.cur != nil {
+			b.cur.Abort()
+		}
+		return nil, err
+	}
+	if res.checksumError != nil || len(b.failures) > 0 {
+		b.log.Warn("the server found page checksum failures: the backup copies the damaged pages as they are; check the listed files",
+			"failures", len(b.failures))
+	}
+	if b.walMode == WALStream {
+		if err := b.waitForWAL(ctx, res); err != nil {
+			return nil, err
+		}
+	}
+	meta := &Meta{
+		FormatVersion: storage.FormatVersion, ID: b.id, Label: label, StartTime: start, StopTime: time.Now().UTC(),
+		StartLSN: res.startLSN.String(), StopLSN: res.stopLSN.String(), Timeline: res.startTLI, StopTimeline: res.stopTLI,
+		SystemIdentifier: b.sys.SystemID, ServerVersion: b.sys.ServerVersion, WALSegmentSize: b.sys.SegSize,
+		FromStandby: b.sys.InRecovery, WAL: b.walMode, Compression: b.opts.Repo.Codec().String(),
+		Objects: b.objects, Tablespaces: res.tablespaces, ChecksumFailures: b.failures, WalkeeperVersion: b.opts.Version,
+	}
+	if meta.ChecksumFailures == nil {
+		meta.ChecksumFailures = []ChecksumFailure{}
+	}
+	for _, o := range b.objects {
+		meta.Size += o.Size
+		meta.StoredSize += o.StoredSize
+	}
+	// The commit marker, written last.
+	if err := b.opts.Repo.WriteJSON(ctx, storage.BackupMetaKey(b.id), meta); err != nil {
+		return nil, fmt.Errorf("write backup.json: %w", err)
+	}
+	b.log.Info("backup complete", "start_lsn", meta.StartLSN, "stop_lsn", meta.StopLSN, "size", meta.Size,
+		"stored_size", meta.StoredSize, "duration", meta.StopTime.Sub(meta.StartTime).Round(time.Millisecond).String())
+	return meta, nil
+}
+
+// command builds the BASE_BACKUP command (PostgreSQL 15 syntax).
+func (b *backup) command(label string) string {
+	opts := []string{
+		"LABEL " + replication.QuoteLiteral(label),
+		"PROGRESS",
+		"CHECKPOINT " + map[bool]string{true: "'fast'", false: "'spread'"}[b.opts.FastCheckpoint],
+		"WAIT false",
+		"MANIFEST 'yes'",
+		"MANIFEST_CHECKSUMS 'CRC32C'",
+		"TABLESPACE_MAP",
+		"VERIFY_CHECKSUMS",
+	}
+	if b.opts.MaxRate > 0 {
+		kb := min(max(b.opts.MaxRate/1024, 32), 1048576)
+		opts = append(opts, fmt.Sprintf("MAX_RATE %d", kb))
+	}
+	if b.walMode == WALInclude {
+		opts = append(opts, "WAL")
+	}
+	return "BASE_BACKUP (" + strings.Join(opts, ", ") + ")"
+}
+
+// The sink: each archive streams straight into one repository object.
+
+func (b *backup) begin(res result) {
+	for _, ts := range res.tablespaces {
+		b.total += ts.SizeKB * 1024
+	}
+	b.log.Info("backup started", "start_lsn", res.startLSN.String(), "timeline", res.startTLI,
+		"tablespaces", len(res.tablespaces), "estimated_size", b.total)
+}
+
+func (b *backup) archive(name, tsPath string) error {
+	if err := b.closeCurrent(); err != nil {
+		return err
+	}
+	if !validArchiveName(name) {
+		return fmt.Errorf("the server sent an unexpected archive name %q", name)
+	}
+	b.log.Debug("archive", "name", name, "tablespace", tsPath)
+	return b.open(name)
+}
+
+func (b *backup) manifest() error {
+	if err := b.closeCurrent(); err != nil {
+		return err
+	}
+	return b.open("backup_manifest")
+}
+
+func (b *backup) open(name string) error {
+	w, err := b.opts.Repo.Create(b.ctx, storage.BackupKey(b.id, name))
+	if err != nil {
+		return err
+	}
+	b.cur, b.curName = w, name
+	return nil
+}
+
+func (b *backup) data(p []byte) error {
+	if b.cur == nil {
+		return errors.New("the server sent data before naming an archive")
+	}
+	_, err := b.cur.Write(p)
+	return err
+}
+
+func (b *backup) progress(done int64) {
+	if b.opts.Progress != nil {
+		b.opts.Progress(done, b.total)
+	}
+}
+
+func (b *backup) notice(severity, message string) {
+	if f, ok := parseChecksumNotice(message); ok {
+		b.failures = append(b.failures, f)
+		b.log.Warn("page checksum failure", "file", f.File, "block", f.Block)
+		return
+	}
+	b.log.Info("server: "+message, "severity", severity)
+}
+
+func (b *backup) closeCurrent() error {
+	if b.cur == nil {
+		return nil
+	}
+	w := b.cur
+	b.cur = nil
+	m, err := w.Close()
+	if err != nil {
+		return fmt.Errorf("store %s: %w", b.curName, err)
+	}
+	key := storage.BackupKey(b.id, b.curName) + b.opts.Repo.Codec().Ext()
+	b.objects = append(b.objects, Object{Name: b.curName, Key: key, Size: m.Size, StoredSize: m.StoredSize, SHA256: m.Hex()})
+	b.log.Info("stored archive", "name", b.curName, "size", m.Size, "stored_size", m.StoredSize)
+	return nil
+}
+
+func validArchiveName(name string) bool {
+	if name == "base.tar" {
+		return true
+	}
+	oid, ok := strings.CutSuffix(name, ".tar")
+	if !ok || oid == "" {
+		return false
+	}
+	for _, c := range oid {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanup removes what a failed backup wrote. It runs with its own
+// deadline, also after the caller's context was cancelled.
+func (b *backup) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prefix := storage.BackupsPrefix + b.id + "/"
+	var keys []string
+	b.opts.Repo.Backend().List(ctx, prefix, func(o storage.ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	})
+	for _, k := range keys {
+		if err := b.opts.Repo.Backend().Delete(ctx, k); err != nil {
+			b.log.Warn("could not remove an object of the failed backup; it stays as an incomplete backup", "key", k, "error", err)
+		}
+	}
+}
+
+// waitForWAL waits until the repository holds the WAL from the backup's
+// start to its stop LSN: every segment complete, the last one possibly as a
+// .partial that reaches the stop LSN. It names the first missing segment on
+// timeout.
+func (b *backup) waitForWAL(ctx context.Context, res result) error {
+	seg := b.sys.SegSize
+	first := uint64(res.startLSN) / seg
+	last := uint64(res.stopLSN-1) / seg
+	deadline := time.Now().Add(b.opts.WALTimeout)
+	b.log.Info("waiting for the backup's WAL in the repository", "from", res.startLSN.String(), "to", res.stopLSN.String())
+	for segno := first; segno <= last; {
+		ok, missing, err := b.haveSegment(ctx, segno, res, segno == last)
+		if err != nil {
+			return err
+		}
+		if ok {
+			segno++
+			continue
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("WAL segment %s, needed to make the backup consistent, did not reach the repository within %s: "+
+				"check that `walkeeper stream` runs for this repository, or use --wal include", missing, b.opts.WALTimeout)
+		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (b *backup) haveSegment(ctx context.Context, segno uint64, res result, last bool) (bool, string, error) {
+	tlis := []uint32{res.startTLI}
+	if res.stopTLI != res.startTLI {
+		tlis = append(tlis, res.stopTLI)
+	}
+	var name string
+	for _, tli := range tlis {
+		name = storage.SegmentName(tli, segno, b.sys.SegSize)
+		if _, err := b.opts.Repo.Find(ctx, storage.WALKey(name)); err == nil {
+			return true, name, nil
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return false, name, err
+		}
+		if last {
+			info, err := b.opts.Repo.Find(ctx, storage.WALKey(name+".partial"))
+			if err == nil {
+				m, err := b.opts.Repo.Meta(ctx, info.Key)
+				if err == nil && segno*b.sys.SegSize+uint64(m.Size) >= uint64(res.stopLSN) {
+					return true, name, nil
+				}
+			}
+		}
+	}
+	return false, name, nil
+}

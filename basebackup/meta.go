@@ -1,0 +1,123 @@
+package basebackup
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+// Object is one stored file of a backup.
+type Object struct {
+	// Name is the file as the server named it: base.tar, 16384.tar,
+	// backup_manifest.
+	Name string `json:"name"`
+	// Key is the stored object's key.
+	Key string `json:"key"`
+	// Size is the uncompressed size; StoredSize what the repository holds.
+	Size       int64 `json:"size"`
+	StoredSize int64 `json:"stored_size"`
+	// SHA256 is the checksum of the stored bytes (see storage.Meta).
+	SHA256 string `json:"sha256"`
+}
+
+// Meta is backup.json, written last: its presence marks the backup complete.
+type Meta struct {
+	FormatVersion    int               `json:"format_version"`
+	ID               string            `json:"id"`
+	Label            string            `json:"label"`
+	StartTime        time.Time         `json:"start_time"`
+	StopTime         time.Time         `json:"stop_time"`
+	StartLSN         string            `json:"start_lsn"`
+	StopLSN          string            `json:"stop_lsn"`
+	Timeline         uint32            `json:"timeline"`
+	StopTimeline     uint32            `json:"stop_timeline"`
+	SystemIdentifier string            `json:"system_identifier"`
+	ServerVersion    string            `json:"server_version"`
+	WALSegmentSize   uint64            `json:"wal_segment_size"`
+	FromStandby      bool              `json:"from_standby"`
+	WAL              string            `json:"wal"` // "stream" or "include"
+	Compression      string            `json:"compression"`
+	Size             int64             `json:"size"`
+	StoredSize       int64             `json:"stored_size"`
+	Objects          []Object          `json:"objects"`
+	Tablespaces      []Tablespace      `json:"tablespaces"`
+	ChecksumFailures []ChecksumFailure `json:"checksum_failures"`
+	WalkeeperVersion string            `json:"walkeeper_version,omitempty"`
+}
+
+// Info is what `list` shows of one backup, complete or not.
+type Info struct {
+	ID       string `json:"id"`
+	Complete bool   `json:"complete"`
+	// Meta is nil for an incomplete backup (no backup.json).
+	Meta *Meta `json:"meta,omitempty"`
+	// StoredSize is the total size of the backup's objects.
+	StoredSize int64 `json:"stored_size"`
+	Objects    int   `json:"objects"`
+}
+
+// StartTime is the backup's start: from backup.json, or parsed from the ID.
+func (i Info) StartTime() time.Time {
+	if i.Meta != nil {
+		return i.Meta.StartTime
+	}
+	t, _ := time.Parse(idFormat, strings.SplitN(i.ID, ".", 2)[0])
+	return t
+}
+
+// idFormat makes IDs that sort by start time.
+const idFormat = "20060102T150405Z"
+
+// List returns every backup in the repository, oldest first by start time
+// (not by name), complete or not.
+func List(ctx context.Context, repo *storage.Repository) ([]Info, error) {
+	byID := map[string]*Info{}
+	err := repo.Backend().List(ctx, storage.BackupsPrefix, func(o storage.ObjectInfo) error {
+		rest := strings.TrimPrefix(o.Key, storage.BackupsPrefix)
+		id, name, ok := strings.Cut(rest, "/")
+		if !ok {
+			return nil
+		}
+		info := byID[id]
+		if info == nil {
+			info = &Info{ID: id}
+			byID[id] = info
+		}
+		info.StoredSize += o.Size
+		info.Objects++
+		if name == "backup.json" {
+			info.Complete = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []Info
+	for _, info := range byID {
+		if info.Complete {
+			var m Meta
+			if err := repo.ReadJSON(ctx, storage.BackupMetaKey(info.ID), &m); err != nil {
+				if !errors.Is(err, storage.ErrNotFound) {
+					return nil, err
+				}
+				info.Complete = false
+			} else {
+				info.Meta = &m
+			}
+		}
+		out = append(out, *info)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].StartTime(), out[j].StartTime()
+		if !a.Equal(b) {
+			return a.Before(b)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}

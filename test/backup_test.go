@@ -1,0 +1,353 @@
+package test
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walkeeper/walkeeper/basebackup"
+	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/test/harness"
+)
+
+// listBackups runs `walkeeper list --json`.
+func listBackups(t *testing.T, env []string, repoURL string) []map[string]any {
+	t.Helper()
+	stdout, stderr, code := runWalkeeper(t, env, "list", "--json", "--repo", repoURL)
+	if code != 0 {
+		t.Fatalf("list: exit %d: %s", code, stderr)
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(stdout), &rows); err != nil {
+		t.Fatalf("list --json: %v\n%s", err, stdout)
+	}
+	return rows
+}
+
+func countStatus(rows []map[string]any, status string) int {
+	n := 0
+	for _, r := range rows {
+		if r["status"] == status {
+			n++
+		}
+	}
+	return n
+}
+
+// runBackup runs `walkeeper backup` and returns the ID it printed.
+func runBackup(t *testing.T, env []string, repoURL, dsn string, extra ...string) string {
+	t.Helper()
+	args := append([]string{"backup", "--repo", repoURL, "--dsn", dsn}, extra...)
+	stdout, stderr, code := runWalkeeper(t, env, args...)
+	if code != 0 {
+		t.Fatalf("backup: exit %d:\n%s", code, stderr)
+	}
+	id := strings.TrimSuffix(stdout, "\n")
+	if strings.Contains(id, "\n") || len(id) < 16 {
+		t.Fatalf("backup printed %q, want the ID alone on its line", stdout)
+	}
+	return id
+}
+
+type manifestFile struct {
+	Path      string `json:"Path"`
+	Size      int64  `json:"Size"`
+	Algorithm string `json:"Checksum-Algorithm"`
+	Checksum  string `json:"Checksum"`
+}
+
+// checkBackupAgainstManifest reads the stored manifest and every stored
+// archive and checks that each file the manifest lists is in an archive with
+// the right size and CRC-32C. It returns the names of pg_wal entries.
+func checkBackupAgainstManifest(t *testing.T, repo *storage.Repository, meta *basebackup.Meta) (walFiles []string) {
+	t.Helper()
+	objs := map[string]basebackup.Object{}
+	for _, o := range meta.Objects {
+		objs[o.Name] = o
+	}
+	var manifest struct {
+		Files []manifestFile `json:"Files"`
+	}
+	if err := json.Unmarshal(readObject(t, repo, objs["backup_manifest"].Key), &manifest); err != nil {
+		t.Fatalf("stored backup_manifest: %v", err)
+	}
+	if len(manifest.Files) < 100 {
+		t.Fatalf("manifest lists only %d files", len(manifest.Files))
+	}
+	type seen struct {
+		size int64
+		crc  string
+	}
+	found := map[string]seen{}
+	for _, ts := range meta.Tablespaces {
+		o, ok := objs[ts.Archive]
+		if !ok {
+			t.Fatalf("archive %s of tablespace %q not in backup.json", ts.Archive, ts.OID)
+		}
+		prefix := ""
+		if ts.OID != "" {
+			prefix = "pg_tblspc/" + ts.OID + "/"
+		}
+		r, err := repo.Open(context.Background(), o.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(r)
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", o.Name, err)
+			}
+			if h.Typeflag != tar.TypeReg {
+				continue
+			}
+			c := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+			n, err := io.Copy(c, tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// PostgreSQL prints the CRC-32C's bytes in memory order.
+			sum := hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, c.Sum32()))
+			found[prefix+h.Name] = seen{n, sum}
+			if strings.HasPrefix(h.Name, "pg_wal/") && !strings.Contains(h.Name, "archive_status") {
+				walFiles = append(walFiles, strings.TrimPrefix(h.Name, "pg_wal/"))
+			}
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			t.Fatalf("%s: %v", o.Name, err)
+		}
+		r.Close()
+	}
+	for _, f := range manifest.Files {
+		got, ok := found[f.Path]
+		if !ok {
+			t.Errorf("manifest file %s is in no stored archive", f.Path)
+			continue
+		}
+		if got.size != f.Size || f.Algorithm != "CRC32C" || got.crc != f.Checksum {
+			t.Errorf("%s: archive has %d bytes crc %s; manifest says %d bytes %s %s", f.Path, got.size, got.crc, f.Size, f.Algorithm, f.Checksum)
+		}
+	}
+	return walFiles
+}
+
+func readMeta(t *testing.T, repo *storage.Repository, id string) *basebackup.Meta {
+	t.Helper()
+	var m basebackup.Meta
+	if err := repo.ReadJSON(context.Background(), storage.BackupMetaKey(id), &m); err != nil {
+		t.Fatal(err)
+	}
+	return &m
+}
+
+// TestBackupWithTablespace backs up a pgbench database with a user
+// tablespace (WAL included, as no stream runs) and checks every manifest
+// file against the stored archives, on both backends.
+func TestBackupWithTablespace(t *testing.T) {
+	for _, target := range repoTargets(t) {
+		t.Run(target.name, func(t *testing.T) {
+			c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-" + target.name})
+			tsDir := harness.MakeDir(t, "tablespace")
+			c.Exec(t, "CREATE TABLESPACE ts1 LOCATION '"+tsDir+"'")
+			c.Pgbench(t, "-i", "-s", "2", "-q")
+			c.Exec(t, "CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g, md5(g::text) FROM generate_series(1, 50000) g")
+			id := runBackup(t, target.env, target.url, c.DSN(harness.ReplicationUser))
+			repo := target.open(t)
+			meta := readMeta(t, repo, id)
+			if meta.WAL != basebackup.WALInclude || len(meta.Tablespaces) != 2 || meta.FromStandby {
+				t.Errorf("backup.json: wal %q, %d tablespaces, from standby %v", meta.WAL, len(meta.Tablespaces), meta.FromStandby)
+			}
+			walFiles := checkBackupAgainstManifest(t, repo, meta)
+			startSeg := strings.Replace(meta.StartLSN, "/", "", 1)
+			if len(walFiles) == 0 {
+				t.Errorf("no WAL inside the backup (start %s)", startSeg)
+			}
+			rows := listBackups(t, target.env, target.url)
+			if len(rows) != 1 || rows[0]["status"] != "complete" || rows[0]["id"] != id {
+				t.Errorf("list: %v", rows)
+			}
+			t.Logf("backup %s: %d objects, %d bytes stored of %d, WAL files inside: %v", id, len(meta.Objects), meta.StoredSize, meta.Size, walFiles)
+		})
+	}
+}
+
+// TestBackupWaitsForStreamedWAL: with a stream running, the backup takes
+// its WAL from the repository (auto mode), and backup.json is written only
+// once the WAL from start to stop is stored. Without a stream, --wal stream
+// times out naming the missing segment and leaves no backup behind.
+func TestBackupWaitsForStreamedWAL(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-stream"})
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	c.Pgbench(t, "-i", "-s", "1", "-q")
+
+	_, stderr, code := runWalkeeper(t, nil, "backup", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--wal", "stream", "--wal-timeout", "3s")
+	if code != 1 || !strings.Contains(stderr, "did not reach the repository") || !strings.Contains(stderr, "WAL segment 0000") {
+		t.Fatalf("--wal stream without a stream: exit %d, %s", code, stderr)
+	}
+	if rows := listBackups(t, nil, repoDir); len(rows) != 0 {
+		t.Fatalf("failed backup left %v", rows)
+	}
+
+	wk := startWalkeeper(t, nil, "stream", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wk")
+	repo, _ := storage.Open(context.Background(), storage.Options{Repo: repoDir})
+	waitFor(t, time.Minute, "the stream heartbeat", func() bool {
+		s, _ := repo.Streams(context.Background())
+		return len(s) == 1 && s[0].Live(time.Now())
+	})
+	id := runBackup(t, nil, repoDir, c.DSN(harness.ReplicationUser))
+	meta := readMeta(t, repo, id)
+	if meta.WAL != basebackup.WALStream {
+		t.Fatalf("backup.json wal = %q, want stream", meta.WAL)
+	}
+	walFiles := checkBackupAgainstManifest(t, repo, meta)
+	if len(walFiles) != 0 {
+		t.Errorf("stream-mode backup carries WAL: %v", walFiles)
+	}
+	end, _ := repoEnd(context.Background(), repo)
+	if stop := lsnOf(t, meta.StopLSN); end < stop {
+		t.Errorf("repository ends at %X, before the backup's stop LSN %X", end, stop)
+	}
+	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("stream exit %d", code)
+	}
+}
+
+// TestBackupKilledMidway kills a slow backup with SIGKILL: list shows it as
+// incomplete, and the next backup recovers the stale lock and succeeds.
+func TestBackupKilledMidway(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-kill"})
+	c.Pgbench(t, "-i", "-s", "5", "-q")
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	p := startWalkeeper(t, nil, "backup", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--max-rate", "2MB")
+	repo, _ := storage.Open(context.Background(), storage.Options{Repo: repoDir})
+	waitFor(t, time.Minute, "the backup to store data", func() bool {
+		infos, _ := basebackup.List(context.Background(), repo)
+		return len(infos) == 1 && dirSize(t, repoDir) > 1<<20
+	})
+	p.cmd.Process.Kill()
+	<-p.done
+	rows := listBackups(t, nil, repoDir)
+	if countStatus(rows, "complete") != 0 {
+		t.Fatalf("a killed backup is listed complete: %v", rows)
+	}
+	if countStatus(rows, "incomplete") != 1 {
+		t.Fatalf("the killed backup is not listed as incomplete: %v", rows)
+	}
+	stdout, _, _ := runWalkeeper(t, nil, "list", "--repo", repoDir)
+	if !strings.Contains(stdout, "incomplete") {
+		t.Errorf("list table: %s", stdout)
+	}
+	time.Sleep(1100 * time.Millisecond) // a new ID
+	id := runBackup(t, nil, repoDir, c.DSN(harness.ReplicationUser))
+	rows = listBackups(t, nil, repoDir)
+	if countStatus(rows, "complete") != 1 || rows[len(rows)-1]["id"] != id {
+		t.Fatalf("after the next backup: %v", rows)
+	}
+}
+
+// TestConcurrentBackups starts two backups at once: one is refused with the
+// documented "locked" exit code.
+func TestConcurrentBackups(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-lock"})
+	c.Pgbench(t, "-i", "-s", "2", "-q")
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	args := []string{"backup", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--max-rate", "8MB"}
+	a := startWalkeeper(t, nil, args...)
+	b := startWalkeeper(t, nil, args...)
+	<-a.done
+	<-b.done
+	codes := []int{a.cmd.ProcessState.ExitCode(), b.cmd.ProcessState.ExitCode()}
+	if !(codes[0] == 0 && codes[1] == 3 || codes[0] == 3 && codes[1] == 0) {
+		t.Fatalf("exit codes %v, want one 0 and one 3\nA: %s\nB: %s", codes, a.output(), b.output())
+	}
+	loser := a
+	if codes[1] == 3 {
+		loser = b
+	}
+	if !strings.Contains(loser.output(), "locked") {
+		t.Errorf("refused backup says: %s", loser.output())
+	}
+	if rows := listBackups(t, nil, repoDir); countStatus(rows, "complete") != 1 || len(rows) != 1 {
+		t.Errorf("list: %v", rows)
+	}
+}
+
+// TestBackupFromStandby takes the backup from a hot standby.
+func TestBackupFromStandby(t *testing.T) {
+	primary := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-primary"})
+	primary.Pgbench(t, "-i", "-s", "1", "-q")
+	standby := primary.CreateStandby(t, "backup-standby")
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	id := runBackup(t, nil, repoDir, standby.DSN(harness.ReplicationUser))
+	repo, _ := storage.Open(context.Background(), storage.Options{Repo: repoDir})
+	meta := readMeta(t, repo, id)
+	if !meta.FromStandby {
+		t.Error("backup.json does not say it came from a standby")
+	}
+	checkBackupAgainstManifest(t, repo, meta)
+}
+
+// TestBackupErrors: unreachable server, missing privileges, no free WAL
+// sender and storage failing mid-backup give a clear error and no complete
+// backup.
+func TestBackupErrors(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-errors", ExtraConf: map[string]string{"max_wal_senders": "1"}})
+	c.Pgbench(t, "-i", "-s", "3", "-q")
+	port := harness.FreePort(t)
+	for _, tc := range []struct{ name, dsn, want string }{
+		{"unreachable", "host=127.0.0.1 port=" + strconv.Itoa(port) + " user=walkeeper connect_timeout=2", "cannot reach PostgreSQL"},
+		{"no REPLICATION", c.DSN(harness.NoReplicationUser), "REPLICATION"},
+	} {
+		repoDir := filepath.Join(t.TempDir(), "repo")
+		_, stderr, code := runWalkeeper(t, nil, "backup", "--repo", repoDir, "--dsn", tc.dsn)
+		if code != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: exit %d, %s", tc.name, code, stderr)
+		}
+		if files := listAll(t, repoDir); len(files) != 0 {
+			t.Errorf("%s: wrote %v", tc.name, files)
+		}
+	}
+
+	// Every WAL sender busy.
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	wk := startWalkeeper(t, nil, "stream", "--repo", filepath.Join(t.TempDir(), "other"), "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wk")
+	waitFor(t, time.Minute, "the stream to take the only WAL sender", func() bool {
+		return c.QueryString(t, "SELECT count(*) FROM pg_stat_replication") == "1"
+	})
+	_, stderr, code := runWalkeeper(t, nil, "backup", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser))
+	if code != 1 || !strings.Contains(stderr, "max_wal_senders") {
+		t.Errorf("WAL senders exhausted: exit %d, %s", code, stderr)
+	}
+	wk.stop(t, syscall.SIGTERM)
+
+	// Storage fails mid-backup: the backups directory is replaced by a file.
+	p := startWalkeeper(t, nil, "backup", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--max-rate", "4MB")
+	waitFor(t, time.Minute, "the backup to write", func() bool {
+		entries, _ := os.ReadDir(filepath.Join(repoDir, "backups"))
+		return len(entries) > 0
+	})
+	os.RemoveAll(filepath.Join(repoDir, "backups"))
+	os.WriteFile(filepath.Join(repoDir, "backups"), []byte("in the way"), 0o600)
+	<-p.done
+	if code := p.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Errorf("storage failure: exit %d:\n%s", code, p.output())
+	}
+	os.Remove(filepath.Join(repoDir, "backups"))
+	if rows := listBackups(t, nil, repoDir); countStatus(rows, "complete") != 0 {
+		t.Errorf("storage failure left a complete backup: %v", rows)
+	}
+}
