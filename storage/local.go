@@ -83,7 +83,8 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	n, err := io.Copy(f, ctxReader{ctx: ctx, r: r})
+	// Large writes: fewer system calls than io.Copy's 32 KiB.
+	n, err := io.CopyBuffer(f, ctxReader{ctx: ctx, r: r}, make([]byte, 1<<20))
 	if err != nil {
 		return classify(fmt.Errorf("write %s: %w", key, err))
 	}

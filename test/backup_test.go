@@ -351,3 +351,37 @@ func TestBackupErrors(t *testing.T) {
 		t.Errorf("storage failure left a complete backup: %v", rows)
 	}
 }
+
+// TestBackupReportsChecksumFailures damages a page on disk: the backup
+// completes, warns with the file and block, and records them in backup.json.
+func TestBackupReportsChecksumFailures(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-checksum"})
+	c.Exec(t, "CREATE TABLE damaged AS SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
+	c.Exec(t, "CHECKPOINT")
+	rel := c.QueryString(t, "SELECT pg_relation_filepath('damaged')")
+	c.Stop(t)
+	path := filepath.Join(c.DataDir(), rel)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	f.ReadAt(b, 8192+300) // block 1
+	b[0] ^= 0xFF
+	f.WriteAt(b, 8192+300)
+	f.Close()
+	c.Start(t)
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	stdout, stderr, code := runWalkeeper(t, nil, "backup", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "page checksum failure") || !strings.Contains(stderr, rel) {
+		t.Errorf("no warning naming %s: %s", rel, stderr)
+	}
+	repo, _ := storage.Open(context.Background(), storage.Options{Repo: repoDir})
+	meta := readMeta(t, repo, strings.TrimSpace(stdout))
+	if len(meta.ChecksumFailures) != 1 || !strings.HasSuffix(meta.ChecksumFailures[0].File, rel) || meta.ChecksumFailures[0].Block != 1 {
+		t.Errorf("backup.json checksum_failures = %+v, want %s block 1", meta.ChecksumFailures, rel)
+	}
+}

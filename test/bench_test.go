@@ -91,6 +91,64 @@ func BenchmarkStream1GB(b *testing.B) {
 	}
 }
 
+// BenchmarkBackup1GB backs up the same database (pgbench plus a table of
+// random bytes, over 1 GB in all) with walkeeper and with
+// pg_basebackup -Ft -X fetch --compress=client-zstd -c fast, one after the
+// other, and reports wall time, CPU time, peak RSS and stored size of each.
+func BenchmarkBackup1GB(b *testing.B) {
+	bin := filepath.Join(b.TempDir(), "walkeeper")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/walkeeper").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	c := harness.StartCluster(b, harness.ClusterOptions{Name: "bench-backup", ExtraConf: map[string]string{
+		"max_wal_size": "4GB", "shared_buffers": "256MB",
+	}})
+	c.Pgbench(b, "-i", "-s", "45", "-q")
+	c.Exec(b, "CREATE TABLE random_bytes (b bytea)")
+	c.Exec(b, "ALTER TABLE random_bytes ALTER b SET STORAGE EXTERNAL")
+	c.Exec(b, `INSERT INTO random_bytes SELECT (SELECT decode(string_agg(md5(random()::text || g::text || x::text), ''), 'hex')
+		FROM generate_series(1, 64) x) FROM generate_series(1, 400000) g`)
+	c.Exec(b, "CHECKPOINT")
+	dbSize := c.QueryString(b, "SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
+	b.Logf("database size: %s bytes", dbSize)
+	b.ResetTimer()
+	for range b.N {
+		runs := []struct {
+			name string
+			cmd  func(dir string) *exec.Cmd
+		}{
+			{"walkeeper", func(dir string) *exec.Cmd {
+				cmd := exec.Command(bin, "backup", "--repo", dir, "--dsn", c.DSN(harness.ReplicationUser), "--checkpoint", "fast", "--wal", "include")
+				cmd.Env = append(os.Environ(), "WALKEEPER_LOG_LEVEL=warn")
+				return cmd
+			}},
+			{"pg_basebackup", func(dir string) *exec.Cmd {
+				return c.Command(context.Background(), harness.PGBin("pg_basebackup"), "-D", filepath.Join(dir, "out"), "-Ft", "-X", "fetch",
+					"--compress=client-zstd", "-c", "fast", "-d", c.DSN(harness.ReplicationUser))
+			}},
+		}
+		for _, r := range runs {
+			dir := harness.MakeDir(b, "bench-"+r.name)
+			cmd := r.cmd(dir)
+			cmd.Stderr = os.Stderr
+			began := time.Now()
+			if err := cmd.Run(); err != nil {
+				b.Fatalf("%s: %v", r.name, err)
+			}
+			wall := time.Since(began)
+			ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			stored := dirSize(b, dir)
+			b.ReportMetric(wall.Seconds(), r.name+"-wall-s")
+			b.ReportMetric(cpu.Seconds(), r.name+"-cpu-s")
+			b.ReportMetric(float64(ru.Maxrss)/1024, r.name+"-peak-RSS-MB")
+			b.ReportMetric(float64(stored)/1e6, r.name+"-stored-MB")
+			b.Logf("%-14s wall %6.1f s  CPU %6.1f s  peak RSS %6.1f MB  stored %7.1f MB",
+				r.name, wall.Seconds(), cpu.Seconds(), float64(ru.Maxrss)/1024, float64(stored)/1e6)
+		}
+	}
+}
+
 func lsnOfTB(tb testing.TB, s string) uint64 {
 	var hi, lo uint64
 	if _, err := fmt.Sscanf(s, "%X/%X", &hi, &lo); err != nil {
