@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -228,7 +227,6 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	}
 	segSize, major := sys.SegSize, sys.Major
 	s.segSize = segSize
-	s.sysID.Store(sys.SystemID)
 	// Check the repository's identity before touching the slot, and write
 	// walkeeper.json only once the slot is known to be usable: bad input
 	// leaves nothing behind.
@@ -247,6 +245,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if _, err := s.opts.Repo.Init(cctx, want); err != nil {
 		return replication.Permanent(err)
 	}
+	s.sysID.Store(sys.SystemID) // the heartbeat may write from now on
 	srvTLI := sys.Timeline
 	var history []historyEntry
 	if srvTLI > 1 {
@@ -603,48 +602,20 @@ type slotInfo struct {
 	restartTLI uint32
 }
 
-// ensureSlot reads the slot with READ_REPLICATION_SLOT, creates it with
-// reserved WAL when missing, and refuses a logical or invalidated slot.
+// ensureSlot reads the slot, creates it with reserved WAL when missing,
+// and refuses a logical or invalidated slot.
 func (s *streamer) ensureSlot(ctx context.Context) (slotInfo, error) {
-	name := s.opts.Slot
-	res, err := s.conn.Exec(ctx, "READ_REPLICATION_SLOT "+replication.QuoteIdent(name)).ReadAll()
+	slot, created, err := replication.EnsurePhysicalSlot(ctx, s.conn, s.opts.Slot, s.opts.CreateSlot)
 	if err != nil {
-		return slotInfo{}, replication.Classify(err, s.opts.Slot)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 {
-		return slotInfo{}, errors.New("unexpected READ_REPLICATION_SLOT result")
-	}
-	row := res[0].Rows[0]
-	if row[0] == nil { // no such slot
-		if !s.opts.CreateSlot {
-			return slotInfo{}, replication.Permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or drop --no-create-slot", name, name)
+		if !s.opts.CreateSlot && strings.Contains(err.Error(), "does not exist") {
+			return slotInfo{}, replication.Permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or drop --no-create-slot", s.opts.Slot, s.opts.Slot)
 		}
-		_, err := s.conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+replication.QuoteIdent(name)+" PHYSICAL RESERVE_WAL").ReadAll()
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42710" {
-			return s.ensureSlot(ctx) // created meanwhile by someone else
-		}
-		if err != nil {
-			return slotInfo{}, fmt.Errorf("create replication slot %q: %w", name, replication.Classify(err, s.opts.Slot))
-		}
-		s.log.Info("created physical replication slot with reserved WAL", "slot", name)
-		return s.ensureSlot(ctx)
+		return slotInfo{}, err
 	}
-	if kind := string(row[0]); kind != "physical" {
-		return slotInfo{}, replication.Permanentf("replication slot %q is a %s slot; walkeeper needs a physical slot: choose another --slot", name, kind)
+	if created {
+		s.log.Info("created physical replication slot with reserved WAL")
 	}
-	var info slotInfo
-	if row[1] != nil {
-		lsn, err := ParseLSN(string(row[1]))
-		if err != nil {
-			return slotInfo{}, err
-		}
-		info.restartLSN = lsn
-	}
-	if row[2] != nil {
-		tli, _ := strconv.ParseUint(string(row[2]), 10, 32)
-		info.restartTLI = uint32(tli)
-	}
+	info := slotInfo{restartLSN: slot.RestartLSN, restartTLI: slot.RestartTLI}
 	if err := s.checkSlotHealth(ctx, info); err != nil {
 		return slotInfo{}, err
 	}

@@ -189,3 +189,66 @@ func Redact(err error) error {
 	}
 	return errors.New(clean)
 }
+
+// Slot is what READ_REPLICATION_SLOT says about a slot.
+type Slot struct {
+	Exists     bool
+	Type       string // "physical" or "logical"
+	RestartLSN LSN    // 0 when not reserved (or invalidated)
+	RestartTLI uint32
+}
+
+// ReadSlot runs READ_REPLICATION_SLOT (PostgreSQL 15+).
+func ReadSlot(ctx context.Context, conn *pgconn.PgConn, name string) (Slot, error) {
+	res, err := conn.Exec(ctx, "READ_REPLICATION_SLOT "+QuoteIdent(name)).ReadAll()
+	if err != nil {
+		return Slot{}, Classify(err, name)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 {
+		return Slot{}, errors.New("unexpected READ_REPLICATION_SLOT result")
+	}
+	row := res[0].Rows[0]
+	if row[0] == nil {
+		return Slot{}, nil
+	}
+	s := Slot{Exists: true, Type: string(row[0])}
+	if row[1] != nil {
+		if s.RestartLSN, err = ParseLSN(string(row[1])); err != nil {
+			return Slot{}, err
+		}
+	}
+	if row[2] != nil {
+		tli, _ := strconv.ParseUint(string(row[2]), 10, 32)
+		s.RestartTLI = uint32(tli)
+	}
+	return s, nil
+}
+
+// EnsurePhysicalSlot returns the physical slot name, creating it with
+// reserved WAL (CREATE_REPLICATION_SLOT ... PHYSICAL RESERVE_WAL) when it is
+// missing and create is true. A logical slot of that name is refused.
+func EnsurePhysicalSlot(ctx context.Context, conn *pgconn.PgConn, name string, create bool) (Slot, bool, error) {
+	s, err := ReadSlot(ctx, conn, name)
+	if err != nil {
+		return Slot{}, false, err
+	}
+	created := false
+	if !s.Exists {
+		if !create {
+			return Slot{}, false, Permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or allow walkeeper to", name, name)
+		}
+		_, err := conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+QuoteIdent(name)+" PHYSICAL RESERVE_WAL").ReadAll()
+		var pgErr *pgconn.PgError
+		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42710") { // 42710: created meanwhile
+			return Slot{}, false, fmt.Errorf("create replication slot %q: %w", name, Classify(err, name))
+		}
+		created = err == nil
+		if s, err = ReadSlot(ctx, conn, name); err != nil {
+			return Slot{}, false, err
+		}
+	}
+	if s.Type != "physical" {
+		return Slot{}, false, Permanentf("replication slot %q is a %s slot; walkeeper needs a physical slot: choose another --slot", name, s.Type)
+	}
+	return s, created, nil
+}

@@ -74,6 +74,9 @@ type Cluster struct {
 	// socket directory).
 	conf map[string]string
 
+	// env is added to the server's environment (SetEnv).
+	env []string
+
 	mu   sync.Mutex
 	proc *process // nil when stopped
 }
@@ -425,7 +428,7 @@ func (c *Cluster) Start(t testing.TB) {
 	}
 	cmd := exec.Command(PGBin("postgres"), "-D", c.dataDir)
 	cmd.Dir = c.dir
-	cmd.Env = childEnv(c.user, dropPGVars)
+	cmd.Env = append(childEnv(c.user, dropPGVars), c.env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	p, err := startProcess(cmd, c.user)

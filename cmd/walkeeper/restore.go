@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/urfave/cli/v2"
+
+	"github.com/walkeeper/walkeeper/internal/replication"
+	"github.com/walkeeper/walkeeper/restore"
+)
+
+var (
+	targetDirFlag = &cli.StringFlag{Name: "target-dir", Usage: "data `DIR` to create (missing or empty)"}
+	backupIDFlag  = &cli.StringFlag{Name: "backup", Value: "latest", Usage: "backup `ID` to restore, or latest (the newest complete backup)"}
+	forceFlag     = &cli.BoolFlag{Name: "force", Usage: "empty a non-empty target directory (and tablespace locations) first"}
+	ownerFlag     = &cli.StringFlag{Name: "owner", Usage: "OS `USER` owning the restored files (default when run as root: the owner of the target's parent directory)"}
+	tsMapFlag     = &cli.StringSliceFlag{Name: "tablespace-map", Usage: "relocate a tablespace: `OLD=NEW` (repeatable)"}
+	parallelFlag  = &cli.IntFlag{Name: "parallel", Value: 4, Usage: "archives restored at once"}
+
+	targetTimeFlag     = &cli.StringFlag{Name: "target-time", Usage: "recover up to this `TIMESTAMP` (e.g. '2026-11-26 14:30:00+00')"}
+	targetLSNFlag      = &cli.StringFlag{Name: "target-lsn", Usage: "recover up to this `LSN`"}
+	targetXIDFlag      = &cli.StringFlag{Name: "target-xid", Usage: "recover up to and including this transaction `ID`"}
+	targetNameFlag     = &cli.StringFlag{Name: "target-name", Usage: "recover up to this restore point (pg_create_restore_point)"}
+	targetTimelineFlag = &cli.StringFlag{Name: "target-timeline", Usage: "timeline to recover along: current, latest (PostgreSQL's default) or a number"}
+	targetActionFlag   = &cli.StringFlag{Name: "target-action", Usage: "at the target: promote, pause (PostgreSQL's default) or shutdown"}
+
+	asReplicaFlag       = &cli.BoolFlag{Name: "as-replica", Usage: "make a streaming read replica of the --dsn primary (standby.signal, primary_conninfo, slot)"}
+	primaryConninfoFlag = &cli.StringFlag{Name: "primary-conninfo", Usage: "primary_conninfo for the replica (default: --dsn without its password)"}
+	replicaSlotFlag     = &cli.StringFlag{Name: "slot", Usage: "with --as-replica: physical slot `NAME` for the replica, created on the primary when missing"}
+	portFlag            = &cli.IntFlag{Name: "port", Usage: "set the restored server's port (default: what its postgresql.conf says)"}
+)
+
+func init() {
+	commands = append(commands, &cli.Command{
+		Name:  "restore",
+		Usage: "restore a backup into a new data directory, to a point in time or as a read replica",
+		Description: `Downloads and decompresses the backup's archives in parallel with bounded
+memory, verifying every object's checksum, and extracts them safely: every
+entry stays inside the target directory or its tablespace's location.
+global/pg_control is written last, so a failed or interrupted restore can
+never be started by mistake. A failed restore removes what it wrote and
+leaves WALKEEPER_RESTORE_FAILED in the directory.
+
+The restored directory is ready to start: recovery.signal (or standby.signal
+with --as-replica) and, in postgresql.auto.conf, restore_command = this
+binary's wal-fetch with the repository settings (never S3 keys or passwords:
+give the PostgreSQL server AWS_* in its environment or ~/.aws/credentials of
+its OS user, and use ~/.pgpass for the replica's password).
+
+Examples:
+  walkeeper restore --repo s3://bucket/db1 --target-dir /var/lib/postgresql/15/main \
+      --target-time '2026-11-26 14:30:00+00' --target-action promote
+  walkeeper restore --repo s3://bucket/db1 --target-dir /srv/replica2 --as-replica \
+      --dsn "host=db1 user=walkeeper" --slot replica2 --port 5433`,
+		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, ownerFlag, tsMapFlag, parallelFlag,
+			targetTimeFlag, targetLSNFlag, targetXIDFlag, targetNameFlag, targetTimelineFlag, targetActionFlag,
+			asReplicaFlag, primaryConninfoFlag, replicaSlotFlag, portFlag},
+		Action: restoreAction,
+	})
+}
+
+func restoreAction(c *cli.Context) error {
+	dir := c.String(targetDirFlag.Name)
+	if dir == "" {
+		return usagef("restore needs --target-dir DIR")
+	}
+	tsMap := map[string]string{}
+	for _, m := range c.StringSlice(tsMapFlag.Name) {
+		old, nu, ok := strings.Cut(m, "=")
+		if !ok || !filepath.IsAbs(old) || !filepath.IsAbs(nu) {
+			return usagef("--tablespace-map %q: use OLD=NEW with absolute paths", m)
+		}
+		tsMap[filepath.Clean(old)] = filepath.Clean(nu)
+	}
+	rec := restore.Recovery{
+		TargetTime:     c.String(targetTimeFlag.Name),
+		TargetLSN:      c.String(targetLSNFlag.Name),
+		TargetXID:      c.String(targetXIDFlag.Name),
+		TargetName:     c.String(targetNameFlag.Name),
+		TargetTimeline: c.String(targetTimelineFlag.Name),
+		TargetAction:   c.String(targetActionFlag.Name),
+		AsReplica:      c.Bool(asReplicaFlag.Name),
+		Port:           c.Int(portFlag.Name),
+	}
+	if err := rec.Validate(); err != nil {
+		return usageError{err}
+	}
+	cmd, err := walFetchCommand(c, !rec.AsReplica)
+	if err != nil {
+		return err
+	}
+	rec.RestoreCommand = cmd
+	repo, err := openRepository(c)
+	if err != nil {
+		return err
+	}
+	if rec.AsReplica {
+		if err := replicaSettings(c, &rec); err != nil {
+			return err
+		}
+	}
+	res, err := restore.Run(c.Context, restore.Options{
+		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name),
+		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
+		Recovery: rec, Log: slog.Default(),
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, res.Backup.ID)
+	return nil
+}
+
+// walFetchCommand builds restore_command: this binary's absolute path,
+// wal-fetch and the repository settings, never secrets. fatal makes storage
+// errors abort recovery instead of looking like the end of the archive.
+func walFetchCommand(c *cli.Context, fatal bool) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return "", err
+	}
+	args := []string{exe, "wal-fetch", "--repo", c.String(repoFlag.Name)}
+	if v := c.String(s3EndpointFlag.Name); v != "" {
+		args = append(args, "--s3-endpoint", v)
+	}
+	if v := c.String(s3RegionFlag.Name); v != "" {
+		args = append(args, "--s3-region", v)
+	}
+	if c.Bool(s3PathStyleFlag.Name) {
+		args = append(args, "--s3-path-style")
+	}
+	if fatal {
+		args = append(args, "--fatal-errors")
+	}
+	for i, a := range args {
+		args[i] = shellQuote(a)
+	}
+	return strings.Join(args, " ") + " %f %p", nil
+}
+
+var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_./:=@,+-]+$`)
+
+func shellQuote(s string) string {
+	if shellSafe.MatchString(s) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}
+
+// replicaSettings fills primary_conninfo and primary_slot_name, creating
+// the slot on the primary when it is missing.
+func replicaSettings(c *cli.Context, rec *restore.Recovery) error {
+	dsn := c.String(dsnFlag.Name)
+	slot := c.String(replicaSlotFlag.Name)
+	rec.PrimaryConninfo = c.String(primaryConninfoFlag.Name)
+	if rec.PrimaryConninfo == "" {
+		ci, hasPassword, err := conninfoWithoutPassword(dsn, slot)
+		if err != nil {
+			return err
+		}
+		rec.PrimaryConninfo = ci
+		if hasPassword {
+			slog.Warn("primary_conninfo is written without the password from --dsn: give the replica's OS user a ~/.pgpass line (host:port:replication:user:password) or pass --primary-conninfo")
+		}
+	}
+	if slot == "" {
+		return nil
+	}
+	if err := replication.ValidateSlotName(slot); err != nil {
+		return usageError{err}
+	}
+	rec.PrimarySlot = slot
+	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+	defer cancel()
+	conn, err := replication.Connect(ctx, dsn, "walkeeper restore", 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, created, err := replication.EnsurePhysicalSlot(ctx, conn, slot, true)
+	if err != nil {
+		return err
+	}
+	if created {
+		slog.Info("created physical replication slot on the primary", "slot", slot)
+	}
+	return nil
+}
+
+var passfileRE = regexp.MustCompile(`(?:^|[\s?&])passfile=([^\s&]+)`)
+var sslmodeRE = regexp.MustCompile(`(?:^|[\s?&])sslmode=([^\s&]+)`)
+var passwordKeyRE = regexp.MustCompile(`(?:^|[\s?&])password=|://[^/@]*:[^/@]*@`)
+
+// conninfoWithoutPassword derives primary_conninfo from the --dsn: host,
+// port, user, sslmode and passfile, never the password.
+func conninfoWithoutPassword(dsn, appName string) (string, bool, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return "", false, usagef("invalid --dsn: %v", replication.Redact(err))
+	}
+	parts := []string{"host=" + conninfoQuote(cfg.Host), "port=" + strconv.Itoa(int(cfg.Port)), "user=" + conninfoQuote(cfg.User)}
+	if m := sslmodeRE.FindStringSubmatch(dsn); m != nil {
+		parts = append(parts, "sslmode="+conninfoQuote(m[1]))
+	}
+	if m := passfileRE.FindStringSubmatch(dsn); m != nil {
+		parts = append(parts, "passfile="+conninfoQuote(m[1]))
+	}
+	if appName == "" {
+		appName = "walkeeper_replica"
+	}
+	parts = append(parts, "application_name="+conninfoQuote(appName))
+	return strings.Join(parts, " "), passwordKeyRE.MatchString(dsn), nil
+}
+
+func conninfoQuote(v string) string {
+	if v != "" && !strings.ContainsAny(v, ` '\`) {
+		return v
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}

@@ -1,0 +1,25 @@
+// Package restore brings a base backup back from the repository and
+// configures recovery; it also serves WAL to PostgreSQL (wal-fetch) and
+// takes WAL from it (wal-push).
+//
+// # Restore lifecycle
+//
+//  1. Choose a complete backup (backup.json present): the newest by start
+//     time, or the one named.
+//  2. Check the target directory (and every tablespace location): missing or
+//     empty, unless --force, which empties it first.
+//  3. Download and decompress the archives in parallel, each a stream from
+//     the repository through the tar reader into files: bounded memory,
+//     checksums verified as the bytes arrive.
+//  4. Extract safely (extract.go): every entry must stay inside its root
+//     (the target directory or its tablespace location); "..", absolute
+//     paths, links pointing outside and writes through links are refused.
+//     global/pg_control is held back.
+//  5. Recreate pg_tblspc links from tablespace_map (relocated with
+//     --tablespace-map OLD=NEW), store backup_manifest for pg_verifybackup,
+//     write recovery.signal or standby.signal and the recovery settings.
+//  6. Write global/pg_control last. Until then PostgreSQL refuses to start
+//     the directory, so a restore that failed or was killed can never be
+//     started by mistake; a failed restore also removes what it wrote and
+//     leaves WALKEEPER_RESTORE_FAILED explaining why.
+package restore

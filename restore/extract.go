@@ -1,0 +1,203 @@
+package restore
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// owner is who restored files belong to (nil: the current user).
+type owner struct{ uid, gid int }
+
+func (o *owner) chown(p string) error {
+	if o == nil {
+		return nil
+	}
+	return os.Lchown(p, o.uid, o.gid)
+}
+
+// extractor writes one tar archive below root, refusing anything that would
+// land outside it.
+type extractor struct {
+	root  string
+	owner *owner
+	// hold, when it returns true for an entry name, receives that entry's
+	// content instead of the file system (pg_control, tablespace_map).
+	hold func(name string, r io.Reader) (bool, error)
+	// links are the symbolic links this extractor created: nothing may be
+	// written through them.
+	links map[string]bool
+}
+
+// ErrUnsafeArchive marks an archive entry that would escape the target.
+var ErrUnsafeArchive = errors.New("unsafe archive entry")
+
+func (x *extractor) unsafe(name, why string) error {
+	return fmt.Errorf("%w %q: %s; nothing was written outside %s", ErrUnsafeArchive, name, why, x.root)
+}
+
+// clean validates an archive path and returns it cleaned, relative, with
+// forward slashes.
+func (x *extractor) clean(name string) (string, error) {
+	if name == "" {
+		return "", x.unsafe(name, "empty name")
+	}
+	if strings.HasPrefix(name, "/") || filepath.IsAbs(name) {
+		return "", x.unsafe(name, "absolute path")
+	}
+	c := path.Clean(name)
+	if c == ".." || strings.HasPrefix(c, "../") {
+		return "", x.unsafe(name, "path leaves the target directory")
+	}
+	return c, nil
+}
+
+// checkParents refuses a path whose parent directories include a link.
+func (x *extractor) checkParents(rel string) error {
+	dir := path.Dir(rel)
+	for dir != "." && dir != "/" {
+		if x.links[dir] {
+			return x.unsafe(rel, "would be written through the link "+dir)
+		}
+		if st, err := os.Lstat(filepath.Join(x.root, filepath.FromSlash(dir))); err == nil && st.Mode()&os.ModeSymlink != 0 {
+			return x.unsafe(rel, "would be written through the link "+dir)
+		}
+		dir = path.Dir(dir)
+	}
+	return nil
+}
+
+// inside reports whether p (absolute, cleaned) is root or below it.
+func inside(root, p string) bool {
+	rel, err := filepath.Rel(root, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../") && !filepath.IsAbs(rel)
+}
+
+func (x *extractor) mkdirAll(rel string) error {
+	if rel == "." || rel == "" {
+		return nil
+	}
+	if err := x.mkdirAll(path.Dir(rel)); err != nil {
+		return err
+	}
+	p := filepath.Join(x.root, filepath.FromSlash(rel))
+	st, err := os.Lstat(p)
+	switch {
+	case err == nil && st.IsDir():
+		return nil
+	case err == nil:
+		return x.unsafe(rel, "a directory is expected where another entry exists")
+	}
+	if err := os.Mkdir(p, 0o700); err != nil {
+		return err
+	}
+	return x.owner.chown(p)
+}
+
+// extract reads the whole archive.
+func (x *extractor) extract(ctx context.Context, r io.Reader) error {
+	if x.links == nil {
+		x.links = map[string]bool{}
+	}
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read archive: %w", err)
+		}
+		if err := x.entry(h, tr); err != nil {
+			return err
+		}
+	}
+}
+
+func (x *extractor) entry(h *tar.Header, r io.Reader) error {
+	rel, err := x.clean(h.Name)
+	if err != nil {
+		return err
+	}
+	if rel == "." {
+		return nil
+	}
+	if err := x.checkParents(rel); err != nil {
+		return err
+	}
+	target := filepath.Join(x.root, filepath.FromSlash(rel))
+	switch h.Typeflag {
+	case tar.TypeDir:
+		return x.mkdirAll(rel)
+	case tar.TypeReg:
+		if x.hold != nil {
+			held, err := x.hold(rel, r)
+			if held || err != nil {
+				return err
+			}
+		}
+		if err := x.mkdirAll(path.Dir(rel)); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return fmt.Errorf("create %s: %w", target, err)
+		}
+		n, err := io.Copy(f, r)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", target, err)
+		}
+		if n != h.Size {
+			return fmt.Errorf("write %s: %d bytes, archive says %d", target, n, h.Size)
+		}
+		return x.owner.chown(target)
+	case tar.TypeSymlink:
+		dest := h.Linkname
+		resolved := dest
+		if !filepath.IsAbs(dest) {
+			resolved = filepath.Join(filepath.Dir(target), filepath.FromSlash(dest))
+		}
+		if !inside(x.root, filepath.Clean(resolved)) {
+			return x.unsafe(rel, "symbolic link to "+dest+" points outside the target directory")
+		}
+		if err := x.mkdirAll(path.Dir(rel)); err != nil {
+			return err
+		}
+		if err := os.Symlink(dest, target); err != nil {
+			return err
+		}
+		x.links[rel] = true
+		return x.owner.chown(target)
+	case tar.TypeLink:
+		src, err := x.clean(h.Linkname)
+		if err != nil {
+			return x.unsafe(rel, "hard link to "+h.Linkname+" points outside the target directory")
+		}
+		if err := x.checkParents(src); err != nil {
+			return err
+		}
+		srcPath := filepath.Join(x.root, filepath.FromSlash(src))
+		st, err := os.Lstat(srcPath)
+		if err != nil || !st.Mode().IsRegular() {
+			return x.unsafe(rel, "hard link to "+h.Linkname+", which is not a file extracted before it")
+		}
+		if err := x.mkdirAll(path.Dir(rel)); err != nil {
+			return err
+		}
+		return os.Link(srcPath, target)
+	}
+	return x.unsafe(rel, fmt.Sprintf("unsupported entry type %q", h.Typeflag))
+}

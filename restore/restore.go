@@ -1,0 +1,387 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/walkeeper/walkeeper/basebackup"
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+// Options configure Run.
+type Options struct {
+	Repo *storage.Repository
+	// TargetDir is the data directory to create.
+	TargetDir string
+	// BackupID is a backup ID, or "" / "latest" for the newest complete one.
+	BackupID string
+	// Force empties a non-empty target directory (and tablespace
+	// locations) first.
+	Force bool
+	// Owner is the OS user the restored files belong to. When empty and
+	// walkeeper runs as root, the owner of TargetDir's parent.
+	Owner string
+	// TablespaceMap relocates tablespaces: old location → new location.
+	TablespaceMap map[string]string
+	// Parallel is how many archives are restored at once (default 4).
+	Parallel int
+	// Recovery is what to write into the data directory for startup.
+	Recovery Recovery
+	Log      *slog.Logger
+}
+
+// Result describes a finished restore.
+type Result struct {
+	Backup      *basebackup.Meta
+	Tablespaces map[string]string // OID → location
+}
+
+// FailedMarker is the file a failed restore leaves in the target directory.
+const FailedMarker = "WALKEEPER_RESTORE_FAILED"
+
+// Run restores a backup into opts.TargetDir.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	if opts.Parallel <= 0 {
+		opts.Parallel = 4
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	target, err := filepath.Abs(opts.TargetDir)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := chooseBackup(ctx, opts.Repo, opts.BackupID)
+	if err != nil {
+		return nil, err
+	}
+	if err := opts.Recovery.Validate(); err != nil {
+		return nil, err
+	}
+	own, err := resolveOwner(opts.Owner, target)
+	if err != nil {
+		return nil, err
+	}
+	// Every root the restore writes into, checked before anything is written.
+	roots := map[string]string{"": target}
+	locations := map[string]string{}
+	for _, ts := range meta.Tablespaces {
+		if ts.OID == "" {
+			continue
+		}
+		loc := ts.Location
+		if n, ok := opts.TablespaceMap[loc]; ok {
+			loc = n
+		}
+		if !filepath.IsAbs(loc) {
+			return nil, fmt.Errorf("tablespace %s location %q is not absolute: give --tablespace-map %s=/abs/path", ts.OID, loc, ts.Location)
+		}
+		if inside(target, loc) || inside(loc, target) {
+			return nil, fmt.Errorf("tablespace %s location %s overlaps the target directory %s: relocate it with --tablespace-map", ts.OID, loc, target)
+		}
+		roots[ts.OID], locations[ts.OID] = loc, loc
+	}
+	for _, root := range roots {
+		if err := prepareDir(root, opts.Force, own); err != nil {
+			return nil, err
+		}
+	}
+	log := opts.Log.With("backup", meta.ID, "target", target)
+	log.Info("restoring", "start_lsn", meta.StartLSN, "stop_lsn", meta.StopLSN, "size", meta.Size, "tablespaces", len(locations))
+	r := &restorer{opts: opts, meta: meta, target: target, roots: roots, locations: locations, owner: own, log: log}
+	if err := r.run(ctx); err != nil {
+		r.fail(err)
+		return nil, err
+	}
+	log.Info("restore complete")
+	return &Result{Backup: meta, Tablespaces: locations}, nil
+}
+
+// chooseBackup finds the backup to restore: only complete ones qualify.
+func chooseBackup(ctx context.Context, repo *storage.Repository, id string) (*basebackup.Meta, error) {
+	infos, err := basebackup.List(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	if id == "" || id == "latest" {
+		for i := len(infos) - 1; i >= 0; i-- {
+			if infos[i].Complete {
+				return infos[i].Meta, nil
+			}
+		}
+		return nil, fmt.Errorf("no complete backup in %s: take one with walkeeper backup", repo)
+	}
+	for _, i := range infos {
+		if i.ID == id {
+			if !i.Complete {
+				return nil, fmt.Errorf("backup %s is incomplete (it has no backup.json) and cannot be restored: choose a complete one from walkeeper list", id)
+			}
+			return i.Meta, nil
+		}
+	}
+	return nil, fmt.Errorf("backup %s not found in %s: see walkeeper list", id, repo)
+}
+
+// resolveOwner decides who the restored files belong to.
+func resolveOwner(name, target string) (*owner, error) {
+	if name != "" {
+		u, err := user.Lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("--owner %s: %w", name, err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		return &owner{uid, gid}, nil
+	}
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	st, err := os.Stat(filepath.Dir(target))
+	if err != nil {
+		return nil, fmt.Errorf("target directory's parent: %w", err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	return &owner{int(sys.Uid), int(sys.Gid)}, nil
+}
+
+// prepareDir makes dir an empty directory with mode 0700.
+func prepareDir(dir string, force bool, own *owner) error {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+	case err != nil:
+		return fmt.Errorf("target %s: %w", dir, err)
+	case len(entries) > 0 && !force:
+		return fmt.Errorf("%s is not empty: restore into an empty directory, or pass --force to replace its contents", dir)
+	case len(entries) > 0:
+		for _, e := range entries {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("--force: empty %s: %w", dir, err)
+			}
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
+	return own.chown(dir)
+}
+
+type restorer struct {
+	opts      Options
+	meta      *basebackup.Meta
+	target    string
+	roots     map[string]string // OID ("" for base) → directory
+	locations map[string]string // OID → tablespace location
+	owner     *owner
+	log       *slog.Logger
+
+	mu            sync.Mutex
+	pgControl     []byte
+	tablespaceMap []byte
+}
+
+func (r *restorer) run(ctx context.Context) error {
+	objects := map[string]basebackup.Object{}
+	for _, o := range r.meta.Objects {
+		objects[o.Name] = o
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, r.opts.Parallel)
+	errc := make(chan error, len(r.meta.Tablespaces))
+	var wg sync.WaitGroup
+	for _, ts := range r.meta.Tablespaces {
+		obj, ok := objects[ts.Archive]
+		if !ok {
+			return fmt.Errorf("backup %s lists tablespace archive %s but has no such object", r.meta.ID, ts.Archive)
+		}
+		root := r.roots[ts.OID]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			defer func() { <-sem }()
+			if err := r.archive(ctx, obj, root, ts.OID == ""); err != nil {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if r.pgControl == nil {
+		return fmt.Errorf("backup %s has no global/pg_control in base.tar", r.meta.ID)
+	}
+	if err := r.tablespaceLinks(); err != nil {
+		return err
+	}
+	if m, ok := objects["backup_manifest"]; ok {
+		if err := r.copyObject(ctx, m.Key, filepath.Join(r.target, "backup_manifest")); err != nil {
+			return err
+		}
+	}
+	if err := r.opts.Recovery.write(r.target, r.owner); err != nil {
+		return err
+	}
+	// Last: with pg_control in place the directory can start.
+	return writeFileSync(filepath.Join(r.target, "global", "pg_control"), r.pgControl, r.owner)
+}
+
+// archive restores one tablespace archive into root.
+func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root string, base bool) error {
+	start := time.Now()
+	rd, err := r.opts.Repo.Open(ctx, obj.Key)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", obj.Key, err)
+	}
+	defer rd.Close()
+	x := &extractor{root: root, owner: r.owner}
+	if base {
+		x.hold = func(name string, content io.Reader) (bool, error) {
+			var dst *[]byte
+			switch name {
+			case "global/pg_control":
+				dst = &r.pgControl
+			case "tablespace_map":
+				dst = &r.tablespaceMap
+			default:
+				return false, nil
+			}
+			data, err := io.ReadAll(io.LimitReader(content, 1<<20))
+			r.mu.Lock()
+			*dst = data
+			r.mu.Unlock()
+			return true, err
+		}
+	}
+	if err := x.extract(ctx, rd); err != nil {
+		return fmt.Errorf("restore %s: %w", obj.Key, err)
+	}
+	// Read to the end so the checksum in the trailer is checked.
+	if _, err := io.Copy(io.Discard, rd); err != nil {
+		return fmt.Errorf("restore %s: %w", obj.Key, err)
+	}
+	r.log.Info("restored archive", "name", obj.Name, "into", root, "size", obj.Size, "duration", time.Since(start).Round(time.Millisecond).String())
+	return nil
+}
+
+// tablespaceLinks writes tablespace_map (relocated) and creates the
+// pg_tblspc links it describes, so the directory is complete before
+// PostgreSQL starts (and pg_verifybackup can follow the links).
+func (r *restorer) tablespaceLinks() error {
+	if len(r.tablespaceMap) == 0 {
+		return nil
+	}
+	var out bytes.Buffer
+	for _, line := range strings.Split(strings.TrimRight(string(r.tablespaceMap), "\n"), "\n") {
+		oid, loc, ok := strings.Cut(line, " ")
+		if !ok {
+			return fmt.Errorf("tablespace_map: unexpected line %q", line)
+		}
+		newLoc, ok := r.locations[oid]
+		if !ok {
+			return fmt.Errorf("tablespace_map names tablespace %s that the backup has no archive for", oid)
+		}
+		fmt.Fprintf(&out, "%s %s\n", oid, newLoc)
+		link := filepath.Join(r.target, "pg_tblspc", oid)
+		if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+			return err
+		}
+		if err := os.Symlink(newLoc, link); err != nil {
+			return fmt.Errorf("link tablespace %s: %w", oid, err)
+		}
+		if err := r.owner.chown(link); err != nil {
+			return err
+		}
+		if newLoc != loc {
+			r.log.Info("relocated tablespace", "oid", oid, "from", loc, "to", newLoc)
+		}
+	}
+	content := r.tablespaceMap
+	if !bytes.Equal(out.Bytes(), r.tablespaceMap) {
+		content = out.Bytes()
+	}
+	return writeFileSync(filepath.Join(r.target, "tablespace_map"), content, r.owner)
+}
+
+func (r *restorer) copyObject(ctx context.Context, key, dest string) error {
+	rd, err := r.opts.Repo.Open(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, rd)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", key, err)
+	}
+	return r.owner.chown(dest)
+}
+
+// fail removes what the restore wrote and leaves a note saying why.
+func (r *restorer) fail(cause error) {
+	for _, root := range r.roots {
+		entries, _ := os.ReadDir(root)
+		for _, e := range entries {
+			os.RemoveAll(filepath.Join(root, e.Name()))
+		}
+	}
+	note := fmt.Sprintf("walkeeper restore of backup %s failed at %s:\n%v\nThis directory is not a usable data directory. Fix the cause and restore again (--force replaces this file).\n",
+		r.meta.ID, time.Now().UTC().Format(time.RFC3339), cause)
+	os.WriteFile(filepath.Join(r.target, FailedMarker), []byte(note), 0o600)
+	r.owner.chown(filepath.Join(r.target, FailedMarker))
+}
+
+// writeFileSync writes a small file durably.
+func writeFileSync(p string, data []byte, own *owner) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return own.chown(p)
+}
