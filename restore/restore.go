@@ -192,7 +192,7 @@ type restorer struct {
 
 	mu            sync.Mutex
 	pgControl     []byte
-	tablespaceMap []byte
+	tablespaceMap []byte // nil when base.tar has none
 }
 
 func (r *restorer) run(ctx context.Context) error {
@@ -273,6 +273,9 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 				return false, nil
 			}
 			data, err := io.ReadAll(io.LimitReader(content, 1<<20))
+			if data == nil {
+				data = []byte{} // present, even if empty
+			}
 			r.mu.Lock()
 			*dst = data
 			r.mu.Unlock()
@@ -294,11 +297,14 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 // pg_tblspc links it describes, so the directory is complete before
 // PostgreSQL starts (and pg_verifybackup can follow the links).
 func (r *restorer) tablespaceLinks() error {
-	if len(r.tablespaceMap) == 0 {
+	if r.tablespaceMap == nil {
 		return nil
 	}
 	var out bytes.Buffer
 	for _, line := range strings.Split(strings.TrimRight(string(r.tablespaceMap), "\n"), "\n") {
+		if line == "" {
+			continue
+		}
 		oid, loc, ok := strings.Cut(line, " ")
 		if !ok {
 			return fmt.Errorf("tablespace_map: unexpected line %q", line)

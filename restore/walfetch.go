@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 
 	"github.com/walkeeper/walkeeper/storage"
 )
@@ -337,4 +339,270 @@ func walSyncDir(dir string) error {
 		return fmt.Errorf("fsync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// The prefetch spool.
+//
+// PostgreSQL runs restore_command for one segment at a time and replays it
+// before asking for the next, so every request pays the repository's
+// latency. wal-fetch --prefetch N therefore starts, after serving a
+// complete segment S, one background process (if none is running) that
+// downloads the complete segments S+1 … S+N of S's timeline into the spool
+// directory PrefetchDir(dest). The next wal-fetch finds its segment there
+// and only renames it into place.
+//
+// The spool never makes wal-fetch serve wrong data:
+//   - a file counts only under its exact segment name, and a file gets that
+//     name only by a rename after it was read completely from the
+//     repository (checksums verified), checked to be exactly one segment
+//     long and fsynced; temporary files start with a dot;
+//   - segments in the repository are written once and never change, so a
+//     prefetched copy stays right;
+//   - one prefetcher at a time, by an flock(2) on the spool's lock file,
+//     which the prefetcher holds until it exits.
+//
+// Files at or before a served segment are removed as the fetches move on,
+// and the whole spool is removed when a fetch finds nothing (the end of the
+// archive, or the history file probe after a promotion), so at most N
+// segments stay behind in pg_wal.
+
+const spoolLockName = ".lock"
+
+// LockSpool creates the spool directory when missing and takes its lock
+// without waiting. ok is false when another process holds it. The lock is
+// held until the returned file is closed, also by processes that inherit
+// the file.
+func LockSpool(spool string) (f *os.File, ok bool, err error) {
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, false, err
+	}
+	f, err = os.OpenFile(filepath.Join(spool, spoolLockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := LockFile(f); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	return f, true, nil
+}
+
+// LockFile takes an exclusive flock on f without waiting; it fails with
+// EWOULDBLOCK when another open file description holds it. Taking it again
+// through the same description (an inherited descriptor) succeeds.
+func LockFile(f *os.File) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err != syscall.EINTR {
+			return err
+		}
+	}
+}
+
+// takeFromSpool moves a prefetched segment into dest. ok is false when the
+// spool does not hold it (or holds something implausible, which is
+// removed); the caller then fetches from the repository.
+func takeFromSpool(spool, name, dest string) (ok bool, size int64, err error) {
+	p := filepath.Join(spool, name)
+	st, err := os.Lstat(p)
+	if err != nil {
+		return false, 0, nil
+	}
+	if !st.Mode().IsRegular() || !plausibleSegmentSize(st.Size()) {
+		os.Remove(p)
+		return false, 0, nil
+	}
+	if err := os.Rename(p, dest); err != nil {
+		return false, 0, nil
+	}
+	if err := walSyncDir(filepath.Dir(dest)); err != nil {
+		return false, 0, err
+	}
+	return true, st.Size(), nil
+}
+
+// plausibleSegmentSize: wal_segment_size is a power of two from 1 MB to 1 GB.
+func plausibleSegmentSize(n int64) bool {
+	return n >= 1<<20 && n <= 1<<30 && n&(n-1) == 0
+}
+
+// trimSpool removes prefetched segments at or before name: PostgreSQL has
+// moved past them. Errors are ignored; the spool is only a cache.
+func trimSpool(spool, name string) {
+	entries, err := os.ReadDir(spool)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if storage.IsSegmentName(e.Name()) && e.Name() <= name {
+			os.Remove(filepath.Join(spool, e.Name()))
+		}
+	}
+}
+
+// clearSpool removes the spool directory unless a prefetcher is running.
+func clearSpool(spool string) {
+	if _, err := os.Lstat(spool); err != nil {
+		return
+	}
+	lock, ok, err := LockSpool(spool)
+	if err != nil || !ok {
+		return
+	}
+	defer lock.Close()
+	entries, _ := os.ReadDir(spool)
+	for _, e := range entries {
+		if e.Name() != spoolLockName {
+			os.Remove(filepath.Join(spool, e.Name()))
+		}
+	}
+	os.Remove(filepath.Join(spool, spoolLockName))
+	os.Remove(spool)
+}
+
+// PrefetchOptions configures Prefetch.
+type PrefetchOptions struct {
+	// After is the segment just served; the segments after it on its
+	// timeline are prefetched.
+	After string
+	// Count is how many segments after After to have in the spool.
+	Count int
+	// Spool is the spool directory (PrefetchDir of the fetch destination).
+	Spool string
+	// Parallel is the number of concurrent downloads (default 4).
+	Parallel int
+}
+
+// Prefetch downloads the complete segments After+1 … After+Count of After's
+// timeline that are not in the spool yet into the spool, stopping at the
+// first one the repository does not have complete. The caller holds the
+// spool's lock (LockSpool). It returns the number of segments downloaded.
+func Prefetch(ctx context.Context, repo *storage.Repository, opts PrefetchOptions) (int, error) {
+	if !storage.IsSegmentName(opts.After) {
+		return 0, fmt.Errorf("%w %q: prefetch needs a segment name", ErrInvalidWALName, opts.After)
+	}
+	cfg, err := repo.Config(ctx)
+	if err != nil {
+		return 0, err
+	}
+	segSize := cfg.WALSegmentSize
+	tli, segno, err := storage.ParseSegmentName(opts.After, segSize)
+	if err != nil {
+		return 0, err
+	}
+	if err := os.MkdirAll(opts.Spool, 0o700); err != nil {
+		return 0, err
+	}
+	// Housekeeping, safe because the caller holds the lock: temporary files
+	// of a killed prefetcher, and segments PostgreSQL has moved past.
+	have := map[string]bool{}
+	entries, err := os.ReadDir(opts.Spool)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp"):
+			os.Remove(filepath.Join(opts.Spool, name))
+		case storage.IsSegmentName(name) && name <= opts.After:
+			os.Remove(filepath.Join(opts.Spool, name))
+		case storage.IsSegmentName(name):
+			have[name] = true
+		}
+	}
+	maxSegno := uint64(0xFFFFFFFF) * (uint64(0x100000000) / segSize)
+	var names []string
+	for i := uint64(1); i <= uint64(max(opts.Count, 0)) && segno+i <= maxSegno; i++ {
+		names = append(names, storage.SegmentName(tli, segno+i, segSize))
+	}
+	parallel := opts.Parallel
+	if parallel <= 0 {
+		parallel = 4
+	}
+	// Look all of them up first, so nothing past a gap is downloaded:
+	// recovery stops at the gap and would never use it.
+	keys := make([]string, len(names))
+	errs := make([]error, len(names))
+	forEachParallel(len(names), parallel, func(i int) {
+		if !have[names[i]] {
+			var info storage.ObjectInfo
+			info, errs[i] = repo.Find(ctx, storage.WALKey(names[i]))
+			keys[i] = info.Key
+		}
+	})
+	var todo []int
+	for i := range names {
+		if errors.Is(errs[i], storage.ErrNotFound) {
+			break
+		}
+		if errs[i] != nil {
+			return 0, errs[i]
+		}
+		if !have[names[i]] {
+			todo = append(todo, i)
+		}
+	}
+	var mu sync.Mutex
+	var firstErr error
+	downloaded := 0
+	forEachParallel(len(todo), parallel, func(j int) {
+		i := todo[j]
+		err := prefetchOne(ctx, repo, names[i], keys[i], opts.Spool, int64(segSize))
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			downloaded++
+		} else if firstErr == nil {
+			firstErr = err
+		}
+	})
+	return downloaded, firstErr
+}
+
+// forEachParallel calls fn(0) … fn(n-1), at most parallel at a time.
+func forEachParallel(n, parallel int, fn func(i int)) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallel)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			fn(i)
+		}()
+	}
+	wg.Wait()
+}
+
+// prefetchOne downloads the complete segment name (stored as key) into the
+// spool.
+func prefetchOne(ctx context.Context, repo *storage.Repository, name, key, spool string, segSize int64) error {
+	obj, err := repo.Open(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer obj.Close()
+	_, err = walWriteAtomic(filepath.Join(spool, name), &exactSizeReader{r: obj, name: name, want: segSize}, 0)
+	return err
+}
+
+// exactSizeReader fails unless r yields exactly want bytes.
+type exactSizeReader struct {
+	r    io.Reader
+	name string
+	want int64
+	n    int64
+}
+
+func (e *exactSizeReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	e.n += int64(n)
+	if e.n > e.want || err == io.EOF && e.n != e.want {
+		return n, fmt.Errorf("%s: %w: %d bytes, but segments are %d bytes", e.name, storage.ErrCorrupt, e.n, e.want)
+	}
+	return n, err
 }

@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,7 +53,9 @@ type repoTarget struct {
 
 // repoTargets returns a fresh local and a fresh S3 repository.
 func repoTargets(t *testing.T) []repoTarget {
-	local := filepath.Join(t.TempDir(), "repo")
+	// Under a directory the postgres user can enter: restore_command runs
+	// wal-fetch as postgres (see giveToPostgres).
+	local := filepath.Join(harness.MakeDir(t, "repo"), "repo")
 	targets := []repoTarget{{
 		name: "local",
 		url:  local,
@@ -88,6 +92,19 @@ func repoTargets(t *testing.T) []repoTarget {
 	return targets
 }
 
+// giveToPostgres hands a local repository written by the (root) test to the
+// postgres OS user, as if walkeeper had run as postgres, so restore_command
+// (wal-fetch, run by the server) can read it.
+func giveToPostgres(t *testing.T, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 || strings.HasPrefix(dir, "s3://") {
+		return
+	}
+	if out, err := exec.Command("chown", "-R", "postgres:postgres", dir).CombinedOutput(); err != nil {
+		t.Fatalf("chown %s: %v %s", dir, err, out)
+	}
+}
+
 // proc is a walkeeper process running in the background.
 type proc struct {
 	cmd    *exec.Cmd
@@ -109,11 +126,38 @@ func (w lockedWriter) Write(b []byte) (int, error) {
 // startWalkeeper starts the binary with args; it is killed at cleanup.
 func startWalkeeper(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(walkeeperBin, args...), done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json")
+	return startWalkeeperCmd(t, exec.Command(walkeeperBin, args...), env, args)
+}
+
+// startWalkeeperAsPostgres runs the binary as the postgres OS user (when the
+// test runs as root), as an operator would run `stream` next to the server
+// so that the server's restore_command can read a local repository.
+func startWalkeeperAsPostgres(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(walkeeperBin, args...)
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		env = append(env, "HOME="+u.HomeDir)
+	}
+	return startWalkeeperCmd(t, cmd, env, args)
+}
+
+func startWalkeeperCmd(t *testing.T, cmd *exec.Cmd, env, args []string) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json", "GORACE=atexit_sleep_ms=0")
 	p.cmd.Env = append(p.cmd.Env, env...)
 	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if p.cmd.SysProcAttr == nil {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	p.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +205,7 @@ func runWalkeeper(t *testing.T, env []string, args ...string) (stdout, stderr st
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, walkeeperBin, args...)
-	cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json")
+	cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json", "GORACE=atexit_sleep_ms=0")
 	cmd.Env = append(cmd.Env, env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e

@@ -40,7 +40,8 @@ Exit codes:
   1  failure (the message says what failed and what to do)
   2  usage: unknown flag or command, bad flag value, bad config file
   3  another walkeeper run holds the repository lock
-  4  wal-fetch: the requested file is not in the repository`
+  4  wal-fetch: the requested file is not in the repository
+  126  wal-fetch --fatal-errors: any other failure (PostgreSQL aborts recovery)`
 
 // commands lists the subcommands; each lives in its own file.
 var commands []*cli.Command

@@ -18,7 +18,8 @@ const (
 	exitFailure  = 1
 	exitUsage    = 2
 	exitLocked   = 3
-	exitNotFound = 4 // wal-fetch: the requested file is not in the repository
+	exitNotFound = 4   // wal-fetch: the requested file is not in the repository
+	exitFatal    = 126 // wal-fetch --fatal-errors: any other failure; PostgreSQL aborts recovery
 )
 
 // usageError is a mistake on the command line or in the configuration.
@@ -32,15 +33,18 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 // exitCode maps an error returned by a command onto the documented codes.
 func exitCode(err error) int {
 	var ue usageError
+	var fe fatalError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.Is(err, storage.ErrNotFound) && errors.Is(err, errWALFetch):
+		return exitNotFound
+	case errors.As(err, &fe):
+		return exitFatal
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.Is(err, storage.ErrLocked):
 		return exitLocked
-	case errors.Is(err, storage.ErrNotFound) && errors.Is(err, errWALFetch):
-		return exitNotFound
 	}
 	return exitFailure
 }
