@@ -587,17 +587,9 @@ func resolveBin(bin string) string {
 	return PGBin(bin)
 }
 
-// CreateStandby takes a base backup of this (running) cluster with
-// pg_basebackup -R -X stream as ReplicationUser over TCP into a new
-// directory, starts it on a new free port and waits until it is in
-// recovery and its WAL receiver is streaming. The standby inherits this
-// cluster's configuration and roles; it is stopped and removed when the
-// test ends.
-func (c *Cluster) CreateStandby(t testing.TB, name string) *Cluster {
-	t.Helper()
-	if name == "" {
-		name = c.name + "-standby"
-	}
+// sibling is a new cluster beside c (same roles and settings, its own
+// directory and port) whose data directory does not exist yet.
+func (c *Cluster) sibling(t testing.TB, name string) *Cluster {
 	s := &Cluster{
 		name:     name,
 		dir:      MakeDir(t, name),
@@ -609,6 +601,21 @@ func (c *Cluster) CreateStandby(t testing.TB, name string) *Cluster {
 	s.dataDir = filepath.Join(s.dir, "data")
 	s.logFile = filepath.Join(s.dir, "postgres.log")
 	s.registerCleanup(t)
+	return s
+}
+
+// CreateStandby takes a base backup of this (running) cluster with
+// pg_basebackup -R -X stream as ReplicationUser over TCP into a new
+// directory, starts it on a new free port and waits until it is in
+// recovery and its WAL receiver is streaming. The standby inherits this
+// cluster's configuration and roles; it is stopped and removed when the
+// test ends.
+func (c *Cluster) CreateStandby(t testing.TB, name string) *Cluster {
+	t.Helper()
+	if name == "" {
+		name = c.name + "-standby"
+	}
+	s := c.sibling(t, name)
 
 	env := []string{
 		"PGHOST=127.0.0.1",

@@ -1,10 +1,6 @@
 package harness
 
-import (
-	"maps"
-	"path/filepath"
-	"testing"
-)
+import "testing"
 
 // RestoreTarget prepares a cluster whose data directory (DataDir, not yet
 // created) a test fills with `walkeeper restore`. Its parent directory
@@ -12,17 +8,7 @@ import (
 // restored files to postgres. StartRestored starts it.
 func (c *Cluster) RestoreTarget(t testing.TB, name string) *Cluster {
 	t.Helper()
-	r := &Cluster{
-		name:     name,
-		dir:      MakeDir(t, name),
-		port:     FreePort(t),
-		password: c.password,
-		user:     c.user,
-		conf:     maps.Clone(c.conf),
-	}
-	r.dataDir = filepath.Join(r.dir, "data")
-	r.logFile = filepath.Join(r.dir, "postgres.log")
-	r.registerCleanup(t)
+	r := c.sibling(t, name)
 	return r
 }
 
