@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -58,6 +59,8 @@ func classify(err error) error {
 	return err
 }
 
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
 // Put writes to a temporary file beside the target, checks the byte count,
 // fsyncs, renames into place and fsyncs the directory: the one place where
 // local durability happens.
@@ -84,7 +87,9 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		}
 	}()
 	// Large writes: fewer system calls than io.Copy's 32 KiB.
-	n, err := io.CopyBuffer(f, ctxReader{ctx: ctx, r: r}, make([]byte, 1<<20))
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	n, err := io.CopyBuffer(f, ctxReader{ctx: ctx, r: r}, *buf)
 	if err != nil {
 		return classify(fmt.Errorf("write %s: %w", key, err))
 	}

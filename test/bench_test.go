@@ -17,7 +17,8 @@ import (
 // held by replication slots: walkeeper (zstd and lz4, into a local
 // repository) against pg_receivewal (uncompressed, lz4, gzip), one after
 // the other so they do not share the CPU. It reports MB/s, CPU seconds per
-// GB and peak RSS of each.
+// GB and peak RSS of each. A slot per tool holds the WAL; every run streams
+// from a copy of it, so -count repeats measure the same work.
 //
 //	make bench   (or: go test -run '^$' -bench Stream1GB -benchtime 1x ./test/)
 func BenchmarkStream1GB(b *testing.B) {
@@ -31,22 +32,22 @@ func BenchmarkStream1GB(b *testing.B) {
 	runs := []struct {
 		name string
 		slot string
-		args func(dir string, endpos string) (string, []string)
+		args func(dir, endpos, slot string) (string, []string)
 	}{
-		{"pg_receivewal", "rw_none", func(dir, end string) (string, []string) {
-			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", "rw_none", "-E", end, "-n", "-d", c.DSN(harness.ReplicationUser)}
+		{"pg_receivewal", "rw_none", func(dir, end, slot string) (string, []string) {
+			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", slot, "-E", end, "-n", "-d", c.DSN(harness.ReplicationUser)}
 		}},
-		{"pg_receivewal-lz4", "rw_lz4", func(dir, end string) (string, []string) {
-			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", "rw_lz4", "-E", end, "-n", "--compress=lz4", "-d", c.DSN(harness.ReplicationUser)}
+		{"pg_receivewal-lz4", "rw_lz4", func(dir, end, slot string) (string, []string) {
+			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", slot, "-E", end, "-n", "--compress=lz4", "-d", c.DSN(harness.ReplicationUser)}
 		}},
-		{"pg_receivewal-gzip", "rw_gzip", func(dir, end string) (string, []string) {
-			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", "rw_gzip", "-E", end, "-n", "--compress=gzip", "-d", c.DSN(harness.ReplicationUser)}
+		{"pg_receivewal-gzip", "rw_gzip", func(dir, end, slot string) (string, []string) {
+			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", slot, "-E", end, "-n", "--compress=gzip", "-d", c.DSN(harness.ReplicationUser)}
 		}},
-		{"walkeeper-zstd", "wk_zstd", func(dir, end string) (string, []string) {
-			return bin, []string{"stream", "--repo", dir, "--slot", "wk_zstd", "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
+		{"walkeeper-zstd", "wk_zstd", func(dir, end, slot string) (string, []string) {
+			return bin, []string{"stream", "--repo", dir, "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
 		}},
-		{"walkeeper-lz4", "wk_lz4", func(dir, end string) (string, []string) {
-			return bin, []string{"stream", "--repo", dir, "--compression", "lz4", "--slot", "wk_lz4", "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
+		{"walkeeper-lz4", "wk_lz4", func(dir, end, slot string) (string, []string) {
+			return bin, []string{"stream", "--repo", dir, "--compression", "lz4", "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
 		}},
 	}
 	for _, r := range runs {
@@ -62,32 +63,38 @@ func BenchmarkStream1GB(b *testing.B) {
 	if walMB < 1000 {
 		b.Fatalf("only %.0f MB of WAL", walMB)
 	}
-	b.ResetTimer()
-	for range b.N {
-		for _, r := range runs {
-			dir := harness.MakeDir(b, r.name)
-			path, args := r.args(dir, end)
-			cmd := exec.Command(path, args...)
-			if filepath.Base(path) == "pg_receivewal" {
-				cmd = c.Command(context.Background(), path, args...)
+	for _, r := range runs {
+		b.Run(r.name, func(b *testing.B) {
+			for i := range b.N {
+				// A copy of the tool's slot, so every run (-count, b.N)
+				// streams the same WAL; the original never advances.
+				slot := fmt.Sprintf("%s_%d_%d", r.slot, time.Now().UnixNano()%1e6, i)
+				c.Exec(b, fmt.Sprintf("SELECT pg_copy_physical_replication_slot('%s', '%s')", r.slot, slot))
+				dir := harness.MakeDir(b, r.name)
+				path, args := r.args(dir, end, slot)
+				cmd := exec.Command(path, args...)
+				if filepath.Base(path) == "pg_receivewal" {
+					cmd = c.Command(context.Background(), path, args...)
+				}
+				cmd.Env = append(cmd.Environ(), "WALKEEPER_LOG_LEVEL=warn")
+				cmd.Stderr = os.Stderr
+				began := time.Now()
+				if err := cmd.Run(); err != nil {
+					b.Fatalf("%s: %v", r.name, err)
+				}
+				wall := time.Since(began)
+				ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+				cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+				stored := dirSize(b, dir)
+				b.ReportMetric(walMB/wall.Seconds(), "MB/s")
+				b.ReportMetric(cpu.Seconds()/(walMB/1000), "cpu-s/GB")
+				b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MB")
+				b.ReportMetric(float64(stored)/1e6, "stored-MB")
+				b.Logf("%-20s %6.1f MB/s  %5.2f CPU s/GB  peak RSS %5.1f MB  stored %6.0f MB",
+					r.name, walMB/wall.Seconds(), cpu.Seconds()/(walMB/1000), float64(ru.Maxrss)/1024, float64(stored)/1e6)
+				c.Exec(b, fmt.Sprintf("SELECT pg_drop_replication_slot('%s')", slot))
 			}
-			cmd.Env = append(cmd.Environ(), "WALKEEPER_LOG_LEVEL=warn")
-			cmd.Stderr = os.Stderr
-			began := time.Now()
-			if err := cmd.Run(); err != nil {
-				b.Fatalf("%s: %v", r.name, err)
-			}
-			wall := time.Since(began)
-			ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-			stored := dirSize(b, dir)
-			b.ReportMetric(walMB/wall.Seconds(), r.name+"-MB/s")
-			b.ReportMetric(cpu.Seconds()/(walMB/1000), r.name+"-cpu-s/GB")
-			b.ReportMetric(float64(ru.Maxrss)/1024, r.name+"-peak-RSS-MB")
-			b.ReportMetric(float64(stored)/1e6, r.name+"-stored-MB")
-			b.Logf("%-20s %6.1f MB/s  %5.2f CPU s/GB  peak RSS %5.1f MB  stored %6.0f MB",
-				r.name, walMB/wall.Seconds(), cpu.Seconds()/(walMB/1000), float64(ru.Maxrss)/1024, float64(stored)/1e6)
-		}
+		})
 	}
 }
 

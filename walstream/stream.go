@@ -198,6 +198,8 @@ type streamer struct {
 	seg      *segment
 	received LSN
 	reported LSN // flush position last sent
+	// lastSegment is when the receiver last handed over a complete segment.
+	lastSegment time.Time
 }
 
 // session runs one replication connection to its end.
@@ -438,6 +440,7 @@ func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) err
 		if s.seg.full() {
 			done := s.seg
 			s.seg = newSegment(done.tli, done.end(), s.segSize)
+			s.lastSegment = time.Now()
 			if err := s.queue(ctx, job{kind: jobSegment, seg: done, snap: done.snapshot(done.size), end: done.end()}); err != nil {
 				return err
 			}
@@ -492,8 +495,14 @@ func (s *streamer) queue(ctx context.Context, j job) error {
 
 // flushPartialAsync queues a snapshot of the current segment unless one is
 // still pending or nothing new arrived.
+//
+// While WAL arrives so fast that a complete segment was handed over within
+// the last interval, partials are skipped: complete segments already keep
+// the repository within about an interval of the server, and compressing
+// the growing segment again and again would only cost CPU under load.
 func (s *streamer) flushPartialAsync(ctx context.Context) {
-	if s.seg == nil || s.seg.size == 0 || s.up.partialPending.Load() {
+	if s.seg == nil || s.seg.size == 0 || s.up.partialPending.Load() ||
+		time.Since(s.lastSegment) < s.opts.PartialInterval {
 		return
 	}
 	s.up.mu.Lock()
