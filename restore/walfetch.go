@@ -325,20 +325,7 @@ func walWriteAtomic(dest string, r io.Reader, padTo int64) (n int64, err error) 
 	if err := os.Rename(f.Name(), dest); err != nil {
 		return 0, fmt.Errorf("rename to %s: %w", dest, err)
 	}
-	return n, walSyncDir(dir)
-}
-
-// walSyncDir fsyncs a directory so a rename in it survives a crash.
-func walSyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
-	}
-	return nil
+	return n, storage.SyncDir(dir)
 }
 
 // The prefetch spool.
@@ -418,7 +405,7 @@ func takeFromSpool(spool, name, dest string) (ok bool, size int64, err error) {
 	if err := os.Rename(p, dest); err != nil {
 		return false, 0, nil
 	}
-	if err := walSyncDir(filepath.Dir(dest)); err != nil {
+	if err := storage.SyncDir(filepath.Dir(dest)); err != nil {
 		return false, 0, err
 	}
 	return true, st.Size(), nil

@@ -130,6 +130,10 @@ func (l *Local) mkdirs(dir string) error {
 	return syncDir(filepath.Dir(dir))
 }
 
+// SyncDir fsyncs a directory so that a new or renamed entry in it survives
+// a crash.
+func SyncDir(dir string) error { return syncDir(dir) }
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
