@@ -115,6 +115,44 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	return classify(syncDir(dir))
 }
 
+// PutIfAbsent stores small data under key only if no object is there,
+// atomically: the file is written and synced under a temporary name and
+// hard-linked to its final name, which fails if that name exists. It
+// reports whether it stored the data.
+func (l *Local) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
+	p, err := l.path(key)
+	if err != nil {
+		return false, err
+	}
+	dir := filepath.Dir(p)
+	if err := l.mkdirs(dir); err != nil {
+		return false, classify(err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+".tmp-")
+	if err != nil {
+		return false, classify(err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return false, classify(err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return false, classify(err)
+	}
+	if err := f.Close(); err != nil {
+		return false, classify(err)
+	}
+	if err := os.Link(f.Name(), p); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, classify(err)
+	}
+	return true, classify(syncDir(dir))
+}
+
 // mkdirs creates dir and its missing parents with mode 0700, fsyncing each
 // parent so a new directory entry survives a crash.
 func (l *Local) mkdirs(dir string) error {

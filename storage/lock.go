@@ -39,10 +39,11 @@ type Lock struct {
 // Lock timing. The holder rewrites the lock every lockRefresh; a lock whose
 // heartbeat is older than lockStale is considered abandoned (its holder died
 // on another host). On the same host a lock is stale as soon as its process
-// is gone. Object stores have no portable create-if-absent, so acquiring is
-// write-then-verify: after writing, the acquirer waits lockSettle and reads
-// the lock back; when two runs race, the last writer wins and the other sees
-// a foreign token and backs off.
+// is gone. A local repository creates the lock atomically (a hard link fails
+// when the name exists). Object stores have no portable create-if-absent,
+// so there acquiring is write-then-verify: after writing, the acquirer waits
+// lockSettle and reads the lock back; when two runs race, the last writer
+// wins and the other sees a foreign token and backs off.
 var (
 	lockRefresh = 30 * time.Second
 	lockStale   = 3 * time.Minute
@@ -52,16 +53,27 @@ var (
 // LockKey is the key of the lock called name.
 func LockKey(name string) string { return LocksPrefix + name + ".json" }
 
+// exclusiveCreator is implemented by backends that can create an object
+// only if it is absent, atomically (the local directory).
+type exclusiveCreator interface {
+	PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error)
+}
+
 // Lock takes the lock called name for command. It returns an error matching
 // ErrLocked, naming the holder, when a live run holds it.
 func (r *Repository) Lock(ctx context.Context, name, command string) (*Lock, error) {
 	key := LockKey(name)
-	if held, err := r.readLock(ctx, key); err == nil {
-		if !held.stale() {
-			return nil, fmt.Errorf("%w: %s by %s (pid %d on %s, since %s); wait for it to finish",
-				ErrLocked, name, held.Command, held.PID, held.Host, held.Started.Format(time.RFC3339))
+	held, err := r.readLock(ctx, key)
+	switch {
+	case err == nil && !held.stale():
+		return nil, lockedBy(name, held)
+	case err == nil: // stale: its holder is gone; remove it unless another run just replaced it
+		if again, err := r.readLock(ctx, key); err == nil && again.Token == held.Token {
+			if err := r.b.Delete(ctx, key); err != nil {
+				return nil, err
+			}
 		}
-	} else if !errors.Is(err, ErrNotFound) {
+	case !errors.Is(err, ErrNotFound):
 		return nil, err
 	}
 	host, _ := os.Hostname()
@@ -69,6 +81,23 @@ func (r *Repository) Lock(ctx context.Context, name, command string) (*Lock, err
 	rand.Read(tok[:])
 	now := time.Now().UTC()
 	info := LockInfo{Token: hex.EncodeToString(tok[:]), Command: command, Host: host, PID: os.Getpid(), Started: now, Heartbeat: now}
+	if ex, ok := r.b.(exclusiveCreator); ok {
+		data, err := json.Marshal(info)
+		if err != nil {
+			return nil, err
+		}
+		created, err := ex.PutIfAbsent(ctx, key, data)
+		if err != nil {
+			return nil, err
+		}
+		if !created {
+			held, _ := r.readLock(ctx, key)
+			return nil, lockedBy(name, held)
+		}
+		l := &Lock{repo: r, key: key, info: info, stop: make(chan struct{}), done: make(chan struct{})}
+		go l.refresh()
+		return l, nil
+	}
 	if err := r.writeLock(ctx, key, info); err != nil {
 		return nil, err
 	}
@@ -77,7 +106,7 @@ func (r *Repository) Lock(ctx context.Context, name, command string) (*Lock, err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	held, err := r.readLock(ctx, key)
+	held, err = r.readLock(ctx, key)
 	if err != nil {
 		return nil, err
 	}
@@ -88,6 +117,11 @@ func (r *Repository) Lock(ctx context.Context, name, command string) (*Lock, err
 	l := &Lock{repo: r, key: key, info: info, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.refresh()
 	return l, nil
+}
+
+func lockedBy(name string, held LockInfo) error {
+	return fmt.Errorf("%w: %s by %s (pid %d on %s, since %s); wait for it to finish",
+		ErrLocked, name, held.Command, held.PID, held.Host, held.Started.Format(time.RFC3339))
 }
 
 func (l *Lock) refresh() {

@@ -7,10 +7,41 @@ import (
 	"time"
 )
 
-func TestLock(t *testing.T) {
+func TestLockMemory(t *testing.T) {
 	lockSettle = 10 * time.Millisecond
+	testLock(t, NewRepository(NewMemory(), CodecZstd))
+}
+
+// TestLockLocal uses the local backend's atomic create.
+func TestLockLocal(t *testing.T) {
+	b, err := NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := NewRepository(b, CodecZstd)
+	testLock(t, repo)
+	// Many racers at once: exactly one wins.
+	wins := make(chan bool, 16)
+	for range 16 {
+		go func() {
+			l, err := repo.Lock(context.Background(), "race", "backup")
+			wins <- err == nil
+			_ = l
+		}()
+	}
+	n := 0
+	for range 16 {
+		if <-wins {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d racers took the lock", n)
+	}
+}
+
+func testLock(t *testing.T, repo *Repository) {
 	ctx := context.Background()
-	repo := NewRepository(NewMemory(), CodecZstd)
 	l, err := repo.Lock(ctx, "backup", "backup")
 	if err != nil {
 		t.Fatal(err)
