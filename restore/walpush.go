@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -111,12 +110,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 	existing, err := repo.Find(ctx, base)
 	switch {
 	case err == nil:
-		same, err := repo.SameContent(ctx, existing.Key, io.NewSectionReader(f, 0, st.Size()))
-		if err == nil && !same {
-			// SameContent stops at the first difference, before the
-			// object's checksum: tell damage from other content.
-			err = verifyObject(ctx, repo, existing.Key)
-		}
+		match, err := repo.CompareContent(ctx, existing.Key, io.NewSectionReader(f, 0, st.Size()))
 		if errors.Is(err, storage.ErrCorrupt) {
 			return res, fmt.Errorf("%w; it cannot be compared with %s: check the repository (remove the damaged object to let wal-push store the file again)",
 				err, path)
@@ -124,17 +118,11 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 		if err != nil {
 			return res, err
 		}
-		if same {
+		if match == storage.Same {
 			res.Key, res.AlreadyStored = existing.Key, true
 			return res, nil
 		}
-		if kind == walPartial {
-			prefix, err := storedIsPrefix(ctx, repo, existing.Key, io.NewSectionReader(f, 0, st.Size()))
-			if err != nil {
-				return res, err
-			}
-			res.Replaced = prefix
-		}
+		res.Replaced = kind == walPartial && match == storage.StoredIsPrefix
 		if !res.Replaced {
 			return res, fmt.Errorf("%w: %s is already in repository %s with different content: refusing to overwrite it "+
 				"(is another cluster, or a restored copy of this one, archiving into the same repository?)",
@@ -233,52 +221,4 @@ func checkWALFile(f *os.File, name string, kind walKind, size int64, cfg *storag
 			name, addr>>32, uint32(addr), seg)
 	}
 	return nil
-}
-
-// verifyObject reads the object key to its end, which checks it.
-func verifyObject(ctx context.Context, repo *storage.Repository, key string) error {
-	obj, err := repo.Open(ctx, key)
-	if err != nil {
-		return err
-	}
-	defer obj.Close()
-	_, err = io.Copy(io.Discard, obj)
-	return err
-}
-
-// storedIsPrefix reports whether the stored object key holds a proper
-// prefix of content (verifying the object as it reads it).
-func storedIsPrefix(ctx context.Context, repo *storage.Repository, key string, content io.Reader) (bool, error) {
-	obj, err := repo.Open(ctx, key)
-	if err != nil {
-		return false, err
-	}
-	defer obj.Close()
-	a := make([]byte, 64<<10)
-	b := make([]byte, 64<<10)
-	for {
-		n, err := io.ReadFull(obj, a)
-		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-			return false, err
-		}
-		if n > 0 {
-			m, cerr := io.ReadFull(content, b[:n])
-			if m != n || !bytes.Equal(a[:n], b[:n]) {
-				if cerr != nil && cerr != io.EOF && cerr != io.ErrUnexpectedEOF {
-					return false, cerr
-				}
-				return false, nil
-			}
-		}
-		if err != nil { // the object ended, verified: content must go on
-			m, cerr := content.Read(b[:1])
-			if m > 0 {
-				return true, nil
-			}
-			if cerr != nil && cerr != io.EOF {
-				return false, cerr
-			}
-			return false, nil
-		}
-	}
 }

@@ -37,7 +37,7 @@
 // (zstd and lz4 content checksums, gzip's CRC-32, s2's CRC-32C per chunk; for
 // none the stored bytes are the content) and by the size in the trailer.
 // Comparing content across codecs (wal-push, a re-received segment) uses
-// Repository.SameContent, which decompresses and compares.
+// Repository.CompareContent, which decompresses and compares.
 //
 // # Durability
 //

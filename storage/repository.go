@@ -63,44 +63,63 @@ func (r *Repository) Open(ctx context.Context, key string) (*Reader, error) {
 	return openReader(ctx, r.b, key)
 }
 
-// SameContent reports whether the stored object key holds exactly the
-// bytes r yields. It decompresses the object (verifying it) and compares as
-// it streams, so it works whatever codec either side used.
-func (r *Repository) SameContent(ctx context.Context, key string, content io.Reader) (bool, error) {
+// Match is how a stored object's content relates to other content.
+type Match int
+
+// The outcomes of CompareContent.
+const (
+	Different      Match = iota
+	Same                 // byte for byte
+	StoredIsPrefix       // the stored content is a proper prefix of the other
+)
+
+// CompareContent compares the stored object key with the bytes content
+// yields. It decompresses the object and always reads it to its end, so a
+// damaged object is an error (matching ErrCorrupt), never "different". It
+// works whatever codec either side used.
+func (r *Repository) CompareContent(ctx context.Context, key string, content io.Reader) (Match, error) {
 	obj, err := r.Open(ctx, key)
 	if err != nil {
-		return false, err
+		return Different, err
 	}
 	defer obj.Close()
 	a := make([]byte, 64<<10)
 	b := make([]byte, 64<<10)
+	equal := true
 	for {
-		n, errA := io.ReadFull(obj, a)
-		m, errB := io.ReadFull(content, b[:max(n, 1)])
-		if errA != nil && errA != io.EOF && errA != io.ErrUnexpectedEOF {
-			return false, errA
+		n, err := io.ReadFull(obj, a)
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return Different, err
 		}
-		if errB != nil && errB != io.EOF && errB != io.ErrUnexpectedEOF {
-			return false, errB
+		if equal && n > 0 {
+			m, err := io.ReadFull(content, b[:n])
+			if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+				return Different, err
+			}
+			equal = m == n && bytes.Equal(a[:n], b[:n])
 		}
-		if n != m || !bytes.Equal(a[:n], b[:m]) {
-			return false, nil
-		}
-		if n < len(a) { // the object ended: the content must end too
-			extra, err := content.Read(b[:1])
-			if extra > 0 {
-				return false, nil
-			}
-			if err != nil && err != io.EOF {
-				return false, err
-			}
-			// Drain the object to EOF so its checksum is verified.
-			if _, err := io.Copy(io.Discard, obj); err != nil {
-				return false, err
-			}
-			return true, nil
+		if n < len(a) {
+			break // the object ended and its checksum was verified
 		}
 	}
+	if !equal {
+		return Different, nil
+	}
+	extra, err := content.Read(b[:1])
+	if extra > 0 {
+		return StoredIsPrefix, nil
+	}
+	if err != nil && err != io.EOF {
+		return Different, err
+	}
+	return Same, nil
+}
+
+// SameContent reports whether the stored object key holds exactly the
+// bytes content yields (see CompareContent).
+func (r *Repository) SameContent(ctx context.Context, key string, content io.Reader) (bool, error) {
+	m, err := r.CompareContent(ctx, key, content)
+	return m == Same, err
 }
 
 // Meta reads an object's header and trailer without reading its body (two

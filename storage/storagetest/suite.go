@@ -440,6 +440,9 @@ func testCodecs(t *testing.T, b storage.Backend) {
 				t.Errorf("%s: SameContent(%d bytes) = %v, %v; want %v", name, len(variant.content), same, err, variant.want)
 			}
 		}
+		if m, err := other.CompareContent(ctx, info.Key, bytes.NewReader(append(bytes.Clone(text), "more"...))); err != nil || m != storage.StoredIsPrefix {
+			t.Errorf("%s: CompareContent with a longer content = %v, %v; want StoredIsPrefix", name, m, err)
+		}
 		if c != storage.CodecNone && info.Size >= int64(len(text))/4 {
 			t.Errorf("%s: stored %d bytes for %d bytes of repetitive text", name, info.Size, len(text))
 		}
