@@ -77,21 +77,13 @@ func BenchmarkStream1GB(b *testing.B) {
 					cmd = c.Command(context.Background(), path, args...)
 				}
 				cmd.Env = append(cmd.Environ(), "WALKEEPER_LOG_LEVEL=warn")
-				cmd.Stderr = os.Stderr
-				began := time.Now()
-				if err := cmd.Run(); err != nil {
-					b.Fatalf("%s: %v", r.name, err)
-				}
-				wall := time.Since(began)
-				ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-				cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-				stored := dirSize(b, dir)
-				b.ReportMetric(walMB/wall.Seconds(), "MB/s")
-				b.ReportMetric(cpu.Seconds()/(walMB/1000), "cpu-s/GB")
-				b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MB")
-				b.ReportMetric(float64(stored)/1e6, "stored-MB")
+				m := measure(b, r.name, cmd, dir)
+				b.ReportMetric(walMB/m.wall.Seconds(), "MB/s")
+				b.ReportMetric(m.cpu.Seconds()/(walMB/1000), "cpu-s/GB")
+				b.ReportMetric(m.rssMB, "peak-RSS-MB")
+				b.ReportMetric(m.storedMB, "stored-MB")
 				b.Logf("%-20s %6.1f MB/s  %5.2f CPU s/GB  peak RSS %5.1f MB  stored %6.0f MB",
-					r.name, walMB/wall.Seconds(), cpu.Seconds()/(walMB/1000), float64(ru.Maxrss)/1024, float64(stored)/1e6)
+					r.name, walMB/m.wall.Seconds(), m.cpu.Seconds()/(walMB/1000), m.rssMB, m.storedMB)
 				c.Exec(b, fmt.Sprintf("SELECT pg_drop_replication_slot('%s')", slot))
 			}
 		})
@@ -136,23 +128,39 @@ func BenchmarkBackup1GB(b *testing.B) {
 		}
 		for _, r := range runs {
 			dir := harness.MakeDir(b, "bench-"+r.name)
-			cmd := r.cmd(dir)
-			cmd.Stderr = os.Stderr
-			began := time.Now()
-			if err := cmd.Run(); err != nil {
-				b.Fatalf("%s: %v", r.name, err)
-			}
-			wall := time.Since(began)
-			ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-			stored := dirSize(b, dir)
-			b.ReportMetric(wall.Seconds(), r.name+"-wall-s")
-			b.ReportMetric(cpu.Seconds(), r.name+"-cpu-s")
-			b.ReportMetric(float64(ru.Maxrss)/1024, r.name+"-peak-RSS-MB")
-			b.ReportMetric(float64(stored)/1e6, r.name+"-stored-MB")
+			m := measure(b, r.name, r.cmd(dir), dir)
+			b.ReportMetric(m.wall.Seconds(), r.name+"-wall-s")
+			b.ReportMetric(m.cpu.Seconds(), r.name+"-cpu-s")
+			b.ReportMetric(m.rssMB, r.name+"-peak-RSS-MB")
+			b.ReportMetric(m.storedMB, r.name+"-stored-MB")
 			b.Logf("%-14s wall %6.1f s  CPU %6.1f s  peak RSS %6.1f MB  stored %7.1f MB",
-				r.name, wall.Seconds(), cpu.Seconds(), float64(ru.Maxrss)/1024, float64(stored)/1e6)
+				r.name, m.wall.Seconds(), m.cpu.Seconds(), m.rssMB, m.storedMB)
 		}
+	}
+}
+
+// run is what one benchmarked command cost.
+type run struct {
+	wall, cpu       time.Duration
+	rssMB, storedMB float64
+}
+
+// measure runs cmd to completion and reads its wall time, CPU time (user +
+// system), peak RSS and the size of what it wrote into dir.
+func measure(b *testing.B, name string, cmd *exec.Cmd, dir string) run {
+	b.Helper()
+	cmd.Stderr = os.Stderr
+	began := time.Now()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	wall := time.Since(began)
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	return run{
+		wall:     wall,
+		cpu:      time.Duration(ru.Utime.Nano() + ru.Stime.Nano()),
+		rssMB:    float64(ru.Maxrss) / 1024,
+		storedMB: float64(dirSize(b, dir)) / 1e6,
 	}
 }
 
