@@ -269,7 +269,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 		s.up.partialLen[newest.partial] = newest.partialLen
 		s.up.mu.Unlock()
 	}
-	start, err := chooseStart(newest, srvTLI, sys.XLogPos, history, slot.restartTLI, slot.restartLSN, segSize)
+	start, err := chooseStart(newest, srvTLI, sys.XLogPos, history, slot.RestartTLI, slot.RestartLSN, segSize)
 	if err != nil {
 		return replication.Permanent(err)
 	}
@@ -606,40 +606,31 @@ func (s *streamer) timelineHistory(ctx context.Context, tli uint32) ([]byte, str
 	return res.Content, res.FileName, nil
 }
 
-type slotInfo struct {
-	restartLSN LSN
-	restartTLI uint32
-}
-
 // ensureSlot reads the slot, creates it with reserved WAL when missing,
 // and refuses a logical or invalidated slot.
-func (s *streamer) ensureSlot(ctx context.Context) (slotInfo, error) {
+func (s *streamer) ensureSlot(ctx context.Context) (replication.Slot, error) {
 	slot, created, err := replication.EnsurePhysicalSlot(ctx, s.conn, s.opts.Slot, s.opts.CreateSlot)
 	if err != nil {
-		if !s.opts.CreateSlot && strings.Contains(err.Error(), "does not exist") {
-			return slotInfo{}, replication.Permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or drop --no-create-slot", s.opts.Slot, s.opts.Slot)
-		}
-		return slotInfo{}, err
+		return replication.Slot{}, err
 	}
 	if created {
 		s.log.Info("created physical replication slot with reserved WAL")
 	}
-	info := slotInfo{restartLSN: slot.RestartLSN, restartTLI: slot.RestartTLI}
-	if err := s.checkSlotHealth(ctx, info); err != nil {
-		return slotInfo{}, err
+	if err := s.checkSlotHealth(ctx, slot); err != nil {
+		return replication.Slot{}, err
 	}
-	return info, nil
+	return slot, nil
 }
 
 // checkSlotHealth looks the slot up in pg_replication_slots over an ordinary
 // connection (replication connections cannot query catalogs) to catch an
 // invalidated slot and to warn when another process holds it. When that
 // connection is not possible the check is skipped with a note.
-func (s *streamer) checkSlotHealth(ctx context.Context, info slotInfo) error {
+func (s *streamer) checkSlotHealth(ctx context.Context, slot replication.Slot) error {
 	conn, err := replication.ConnectSQL(ctx, s.opts.DSN, "walkeeper-slot-check", s.opts.ConnectTimeout)
 	if err != nil {
 		s.log.Debug("slot health check skipped: no SQL connection", "error", replication.Redact(err))
-		if info.restartLSN == 0 {
+		if slot.RestartLSN == 0 {
 			s.log.Warn("replication slot has no reserved WAL (invalidated, or created without reserving WAL)", "slot", s.opts.Slot)
 		}
 		return nil

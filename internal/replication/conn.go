@@ -235,7 +235,7 @@ func EnsurePhysicalSlot(ctx context.Context, conn *pgconn.PgConn, name string, c
 	created := false
 	if !s.Exists {
 		if !create {
-			return Slot{}, false, Permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or allow walkeeper to", name, name)
+			return Slot{}, false, Permanentf("replication slot %q does not exist: create it (SELECT pg_create_physical_replication_slot('%s', true)) or drop --no-create-slot", name, name)
 		}
 		_, err := conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+QuoteIdent(name)+" PHYSICAL RESERVE_WAL").ReadAll()
 		var pgErr *pgconn.PgError
