@@ -283,6 +283,13 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 		}
 	}
 	if err := x.extract(ctx, rd); err != nil {
+		if ctx.Err() == nil {
+			// Damage can surface as a bad tar header before the checksum
+			// is reached; name it as corruption when that is what it is.
+			if cerr := rd.CheckStored(); cerr != nil {
+				return fmt.Errorf("restore %s: %w", obj.Key, cerr)
+			}
+		}
 		return fmt.Errorf("restore %s: %w", obj.Key, err)
 	}
 	// Read to the end so the checksum in the trailer is checked.

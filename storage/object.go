@@ -293,6 +293,39 @@ func (r *Reader) verify() error {
 	return nil
 }
 
+// CheckStored tells damage apart from a consumer's failure: when whatever
+// reads the content gives up early (a tar reader meeting a garbled header,
+// say), the decompressor may have turned a flipped byte into plausible
+// garbage without noticing. CheckStored stops the decoder, reads the rest of
+// the stored bytes and compares them with the trailer's SHA-256; it returns
+// an error matching ErrCorrupt when they differ, the backend's error when the
+// rest cannot be read, and nil when the stored object is intact. The Reader
+// returns no more content afterwards.
+func (r *Reader) CheckStored() error {
+	switch {
+	case r.err == io.EOF:
+		return nil // already verified in full
+	case errors.Is(r.err, ErrCorrupt):
+		return r.err
+	}
+	r.dec.Close() // waits for decoder goroutines, so the tail is ours
+	if _, err := io.Copy(io.Discard, r.tail); err != nil {
+		r.err = fmt.Errorf("read %s: %w", r.key, err)
+		return r.err
+	}
+	tr, err := decodeTrailer(r.key, r.tail.held())
+	if err != nil {
+		r.err = err
+		return err
+	}
+	if !bytes.Equal(tr.sum[:], r.tail.h.Sum(nil)) {
+		r.err = fmt.Errorf("%s: %w: SHA-256 of the stored bytes does not match", r.key, ErrCorrupt)
+		return r.err
+	}
+	r.err = fmt.Errorf("read %s: stopped early", r.key)
+	return nil
+}
+
 // Meta is valid after Read has returned io.EOF.
 func (r *Reader) Meta() Meta { return r.meta }
 

@@ -459,6 +459,18 @@ func readAllRepo(ctx context.Context, repo *storage.Repository, key string) erro
 	return err
 }
 
+// checkAfterPeek reads the first 1000 bytes of content, then asks the reader
+// to check the stored object.
+func checkAfterPeek(ctx context.Context, repo *storage.Repository, key string) error {
+	r, err := repo.Open(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	io.ReadFull(r, make([]byte, 1000))
+	return r.CheckStored()
+}
+
 func testCorrupt(t *testing.T, b storage.Backend) {
 	ctx := ctxT(t)
 	content := randomBytes(3, 300_000)
@@ -486,6 +498,18 @@ func testCorrupt(t *testing.T, b storage.Backend) {
 			if err := readAllRepo(ctx, repo, key); !errors.Is(err, storage.ErrCorrupt) {
 				t.Errorf("%s: flipped byte at %d of %d: err = %v, want ErrCorrupt", name, pos, len(stored), err)
 			}
+		}
+		// A consumer that stops early (a tar reader meeting garbage) asks
+		// CheckStored whether the object itself is damaged.
+		put(t, b, key, stored)
+		if err := checkAfterPeek(ctx, repo, key); err != nil {
+			t.Errorf("%s: CheckStored on an intact object: %v", name, err)
+		}
+		bad := bytes.Clone(stored)
+		bad[len(stored)*3/4] ^= 0x10
+		put(t, b, key, bad)
+		if err := checkAfterPeek(ctx, repo, key); !errors.Is(err, storage.ErrCorrupt) {
+			t.Errorf("%s: CheckStored after a flipped byte past the part read: err = %v, want ErrCorrupt", name, err)
 		}
 		put(t, b, key, stored[:len(stored)-100])
 		if err := readAllRepo(ctx, repo, key); !errors.Is(err, storage.ErrCorrupt) {
