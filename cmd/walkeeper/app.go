@@ -41,6 +41,8 @@ Exit codes:
   2  usage: unknown flag or command, bad flag value, bad config file
   3  another walkeeper run holds the repository lock
   4  wal-fetch: the requested file is not in the repository
+  5  verify, status, doctor: the check ran and found problems (1 means it
+     could not run)
   126  wal-fetch --fatal-errors: any other failure (PostgreSQL aborts recovery)`
 
 // commands lists the subcommands; each lives in its own file.

@@ -19,6 +19,7 @@ const (
 	exitUsage    = 2
 	exitLocked   = 3
 	exitNotFound = 4   // wal-fetch: the requested file is not in the repository
+	exitProblems = 5   // verify, status, doctor: the check ran and found problems
 	exitFatal    = 126 // wal-fetch --fatal-errors: any other failure; PostgreSQL aborts recovery
 )
 
@@ -45,9 +46,17 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, storage.ErrLocked):
 		return exitLocked
+	case errors.Is(err, errProblems):
+		return exitProblems
 	}
 	return exitFailure
 }
+
+// errProblems marks the result of a check that ran to the end and found
+// something wrong (verify, status, doctor): exit code 5, so monitoring can
+// tell "unhealthy" from "could not check" (1). Wrap it:
+// fmt.Errorf("%w: 2 problems, see the report above", errProblems).
+var errProblems = errors.New("problems found")
 
 // errWALFetch marks wal-fetch's errors, whose not-found has its own code.
 var errWALFetch = errors.New("wal-fetch")
