@@ -60,6 +60,7 @@ func connect(ctx context.Context, dsn, appName string, timeout time.Duration, re
 	delete(cfg.RuntimeParams, "replication")
 	if repl {
 		cfg.RuntimeParams["replication"] = "true"
+		sessionAttrsFromStartup(cfg)
 	} else if cfg.Database == "" {
 		cfg.Database = "postgres"
 	}
