@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin/walkeeper
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test vet bench clean
+.PHONY: build test vet bench clean demo demo-replica demo-reads demo-stop
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/walkeeper
@@ -17,6 +17,21 @@ test:
 # Benchmarks measure speed and memory; tests never time anything.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+# The read-scaling demo (deploy/demo/demo.sh): primary, stream, backup, two
+# replicas seeded from the repository, health agents, HAProxy. State in
+# $(DEMO_DIR) (default /tmp/walkeeper-demo).
+demo:
+	deploy/demo/demo.sh up
+
+demo-replica:
+	deploy/demo/demo.sh add-replica
+
+demo-reads:
+	deploy/demo/demo.sh reads
+
+demo-stop:
+	deploy/demo/demo.sh down
 
 clean:
 	rm -rf bin
