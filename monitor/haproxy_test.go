@@ -14,8 +14,8 @@ import (
 func TestParseHAProxyNode(t *testing.T) {
 	for in, want := range map[string]HAProxyNode{
 		"db1=10.0.0.1:5432,check=10.0.0.1:8008": {"db1", "10.0.0.1", 5432, "10.0.0.1", 8008},
-		"db-2=db2.example:5433,check=8009":       {"db-2", "db2.example", 5433, "db2.example", 8009},
-		"v6=[::1]:5432,check=[::1]:8008":         {"v6", "::1", 5432, "::1", 8008},
+		"db-2=db2.example:5433,check=8009":      {"db-2", "db2.example", 5433, "db2.example", 8009},
+		"v6=[::1]:5432,check=[::1]:8008":        {"v6", "::1", 5432, "::1", 8008},
 	} {
 		got, err := ParseHAProxyNode(in)
 		if err != nil || got != want {
