@@ -1,35 +1,7 @@
 package main
 
-import (
-	"fmt"
-	"strconv"
-	"strings"
-)
+import "github.com/walkeeper/walkeeper/internal/units"
 
-// sizeUnits follow PostgreSQL: kB, MB, GB and TB are powers of 1024, as in
-// postgresql.conf; the IEC spellings KiB, MiB, GiB, TiB mean the same.
-var sizeUnits = []struct {
-	suffix string
-	mult   int64
-}{
-	{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
-	{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10},
-	{"B", 1},
-}
-
-// parseSize parses "16MB", "512kB", "1GiB" or a plain number of bytes.
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range sizeUnits {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("invalid size %q: use a number with an optional unit (B, kB, MB, GB, TB)", s)
-	}
-	return n * mult, nil
-}
+// parseSize parses "16MB", "512kB", "1GiB" or a plain number of bytes
+// (units.ParseSize; the monitor package parses ?max-lag= with it too).
+func parseSize(s string) (int64, error) { return units.ParseSize(s) }

@@ -288,3 +288,33 @@ func childEnv(u *osUser, drop func(key string) bool, extra ...string) []string {
 func dropPGVars(k string) bool {
 	return strings.HasPrefix(k, "PG")
 }
+
+// EnvHAProxy overrides the path of the haproxy binary.
+const EnvHAProxy = "WALKEEPER_HAPROXY"
+
+// HAProxyPath locates haproxy: WALKEEPER_HAPROXY if set, else $PATH, else
+// /usr/sbin/haproxy (Debian's place, often not on a non-root $PATH).
+func HAProxyPath() (string, error) {
+	if p := strings.TrimSpace(os.Getenv(EnvHAProxy)); p != "" {
+		if err := checkExecutable(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", EnvHAProxy, p, err)
+		}
+		return p, nil
+	}
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		return p, nil
+	}
+	if checkExecutable("/usr/sbin/haproxy") == nil {
+		return "/usr/sbin/haproxy", nil
+	}
+	return "", fmt.Errorf("haproxy not found in $PATH or /usr/sbin (install it with `apt-get install haproxy`, or set %s)", EnvHAProxy)
+}
+
+// RequireHAProxy skips the test (fails it under CI) unless haproxy can be
+// found (see HAProxyPath).
+func RequireHAProxy(t testing.TB) {
+	t.Helper()
+	if _, err := HAProxyPath(); err != nil {
+		missingDependency(t, "%v", err)
+	}
+}
