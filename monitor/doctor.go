@@ -165,11 +165,17 @@ func checkOK(format string, a ...any) CheckResult {
 func checkSkip(detail string) CheckResult { return CheckResult{Status: LevelSkip, Detail: detail} }
 
 func checkWarn(detail, hint string) CheckResult {
-	return CheckResult{Status: LevelWarn, Detail: detail, Hint: hint}
+	return CheckResult{Status: LevelWarn, Detail: oneLine(detail), Hint: hint}
 }
 
 func checkFail(detail, hint string) CheckResult {
-	return CheckResult{Status: LevelFail, Detail: detail, Hint: hint}
+	return CheckResult{Status: LevelFail, Detail: oneLine(detail), Hint: hint}
+}
+
+// oneLine joins the lines of a multi-line error message (pgconn reports
+// one line per address tried).
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
 }
 
 // connect opens the SQL session the server checks share.

@@ -178,10 +178,14 @@ func CollectStatus(ctx context.Context, opts StatusOptions) (*StatusReport, erro
 		opts.Timeout = DefaultQueryTimeout
 	}
 	rep := &StatusReport{CheckedAt: now.UTC(), Streams: []StreamReport{}, Problems: []string{}}
-	if err := collectRepository(ctx, opts.Repo, now, &rep.Repository); err != nil {
+	// Listing a large bucket takes several calls: the repository section
+	// as a whole gets a dozen timeouts.
+	rctx, cancel := context.WithTimeout(ctx, 12*opts.Timeout)
+	defer cancel()
+	if err := collectRepository(rctx, opts.Repo, now, &rep.Repository); err != nil {
 		return nil, err
 	}
-	streams, err := opts.Repo.Streams(ctx)
+	streams, err := opts.Repo.Streams(rctx)
 	if err != nil {
 		return nil, fmt.Errorf("read stream heartbeats: %w", err)
 	}
@@ -366,14 +370,25 @@ func collectRepository(ctx context.Context, repo *storage.Repository, now time.T
 		}
 		return a.partial && !b.partial
 	})
-	last := wal[len(wal)-1]
-	end := (last.segno + 1) * segSize
-	if last.partial {
+	// A partial can be replaced by its complete segment between the
+	// listing and reading its trailer; then the one before it is the
+	// newest this listing can vouch for.
+	var last walObject
+	var end uint64
+	for i := len(wal) - 1; i >= 0; i-- {
+		last, end = wal[i], (wal[i].segno+1)*segSize
+		if !last.partial {
+			break
+		}
 		m, err := repo.Meta(ctx, last.key)
+		if errors.Is(err, storage.ErrNotFound) && i > 0 {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("read %s: %w", last.key, err)
 		}
 		end = last.segno*segSize + uint64(m.Size)
+		break
 	}
 	name := last.name
 	if last.partial {
@@ -519,18 +534,18 @@ func collectServer(ctx context.Context, dsn string, timeout time.Duration, slot,
 	srv := &ServerStatus{}
 	sess, err := openSQL(ctx, dsn, timeout)
 	if err != nil {
-		srv.Error = err.Error()
+		srv.Error = oneLine(err.Error())
 		return srv, nil
 	}
 	defer sess.close()
 	if err := readServer(ctx, sess, srv); err != nil {
-		srv.Error = err.Error()
+		srv.Error = oneLine(err.Error())
 		return srv, nil
 	}
 	srv.Reachable = true
 	sl, err := readSlot(ctx, sess, slot, srv.CurrentLSN)
 	if err != nil {
-		srv.Error = "reading the slot: " + err.Error()
+		srv.Error = "reading the slot: " + oneLine(err.Error())
 		return srv, nil
 	}
 	sl.Source = source
