@@ -320,6 +320,8 @@ func (d *doctor) replicationConnection(ctx context.Context) CheckResult {
 	switch {
 	case strings.Contains(msg, "REPLICATION attribute"):
 		return checkFail(msg, fmt.Sprintf("ALTER ROLE %s REPLICATION (as a superuser)", replication.QuoteIdent(d.roleName())))
+	case strings.Contains(msg, "WAL sender"):
+		return checkFail(msg, "raise max_wal_senders and restart PostgreSQL (see max_wal_senders)")
 	case strings.Contains(msg, "pg_hba.conf") || strings.Contains(msg, "28000"):
 		return checkFail(msg, "add to pg_hba.conf and reload: "+hbaLine(d.roleName(), d.clientAddr))
 	}

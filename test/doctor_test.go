@@ -45,6 +45,9 @@ func wantStatus(t *testing.T, results map[string]monitor.CheckResult, want monit
 func TestDoctorNamesMisconfiguration(t *testing.T) {
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "doctor-minimal",
 		ExtraConf: map[string]string{"wal_level": "minimal", "max_wal_senders": "0"}})
+	if _, stderr, code := runWalkeeper(t, nil, "doctor"); code != 2 || !strings.Contains(stderr, "--dsn, --repo or both") {
+		t.Errorf("doctor without --dsn and --repo: exit %d: %s", code, stderr)
+	}
 	stdout, stderr, code := runWalkeeper(t, nil, "doctor", "--dsn", c.DSN(harness.SuperUser))
 	if code != 5 || !strings.Contains(stderr, "wal_level") {
 		t.Fatalf("doctor on wal_level=minimal: exit %d, want 5: %s\n%s", code, stderr, stdout)
@@ -65,6 +68,9 @@ func TestDoctorNamesMisconfiguration(t *testing.T) {
 		t.Errorf("doctor --json: exit %d", code)
 	}
 	wantStatus(t, results, monitor.LevelFail, "wal_level", "max_wal_senders", "replication_connection")
+	if h := results["replication_connection"].Hint; !strings.Contains(h, "max_wal_senders") {
+		t.Errorf("replication_connection hint %q, want max_wal_senders", h)
+	}
 	wantStatus(t, results, monitor.LevelOK, "connect", "replication_role", "max_replication_slots")
 	wantStatus(t, results, monitor.LevelSkip, "repository_identity", "repository_access", "free_space")
 }
