@@ -1,0 +1,707 @@
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walkeeper/walkeeper/basebackup"
+	"github.com/walkeeper/walkeeper/internal/replication"
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+// DefaultSlot is the slot status and doctor look at when neither --slot nor
+// a stream heartbeat names one.
+const DefaultSlot = "walkeeper"
+
+// DefaultQueryTimeout bounds connecting and each query.
+const DefaultQueryTimeout = 5 * time.Second
+
+// StatusOptions configures CollectStatus.
+type StatusOptions struct {
+	Repo *storage.Repository
+	// DSN, when not empty, adds the server and slot sections.
+	DSN string
+	// Slot names the replication slot; empty means the slot of the stream
+	// heartbeat, else DefaultSlot.
+	Slot string
+	// MaxBackupAge and MaxWALAge, when positive, make a newest backup (by
+	// stop time) or newest WAL object (by modification time) older than
+	// this a problem; so is having none.
+	MaxBackupAge, MaxWALAge time.Duration
+	// Timeout bounds connecting and each query (DefaultQueryTimeout if 0).
+	Timeout time.Duration
+	// Now is the reference time (time.Now if zero).
+	Now time.Time
+}
+
+// StatusReport is what `walkeeper status` prints; its JSON field names are
+// stable (docs/monitoring.md).
+type StatusReport struct {
+	CheckedAt  time.Time        `json:"checked_at"`
+	Repository RepositoryStatus `json:"repository"`
+	// Server is nil when no DSN was given.
+	Server *ServerStatus `json:"server,omitempty"`
+	// Slot is nil when no DSN was given or the server is unreachable.
+	Slot    *SlotStatus    `json:"slot,omitempty"`
+	Streams []StreamReport `json:"streams"`
+	// Problems lists what makes the exit code 5; empty means healthy.
+	Problems []string `json:"problems"`
+}
+
+// OK reports whether no problem was found.
+func (r *StatusReport) OK() bool { return len(r.Problems) == 0 }
+
+// RepositoryStatus summarises the repository.
+type RepositoryStatus struct {
+	Location string `json:"location"`
+	// Initialized is false until walkeeper.json exists.
+	Initialized       bool           `json:"initialized"`
+	SystemIdentifier  string         `json:"system_identifier,omitempty"`
+	PGMajorVersion    int            `json:"pg_major_version,omitempty"`
+	WALSegmentSize    uint64         `json:"wal_segment_size,omitempty"`
+	BackupsComplete   int            `json:"backups_complete"`
+	BackupsIncomplete int            `json:"backups_incomplete"`
+	NewestBackup      *BackupSummary `json:"newest_backup,omitempty"`
+	// WALSegments counts complete segments; WALPartials .partial objects.
+	WALSegments int         `json:"wal_segments"`
+	WALPartials int         `json:"wal_partials"`
+	NewestWAL   *WALSummary `json:"newest_wal,omitempty"`
+	// WALGapsFrom is the segment the gap check starts at: the oldest
+	// complete backup's first segment (after its stop for a backup that
+	// carries its own WAL), else the oldest stored segment.
+	WALGapsFrom string   `json:"wal_gaps_from,omitempty"`
+	WALGaps     []WALGap `json:"wal_gaps"`
+	// Objects and StoredBytes count every object in the repository.
+	Objects     int   `json:"objects"`
+	StoredBytes int64 `json:"stored_bytes"`
+}
+
+// BackupSummary describes the newest complete backup.
+type BackupSummary struct {
+	ID        string    `json:"id"`
+	StartTime time.Time `json:"start_time"`
+	StopTime  time.Time `json:"stop_time"`
+	// AgeSeconds is measured from StopTime.
+	AgeSeconds float64 `json:"age_seconds"`
+	StartLSN   string  `json:"start_lsn"`
+	StopLSN    string  `json:"stop_lsn"`
+	Timeline   uint32  `json:"timeline"`
+}
+
+// WALSummary describes the newest stored WAL object.
+type WALSummary struct {
+	// Name is the file name as PostgreSQL knows it, with ".partial" for
+	// the unfinished segment.
+	Name     string `json:"name"`
+	Timeline uint32 `json:"timeline"`
+	Partial  bool   `json:"partial"`
+	// EndLSN is the position just after the last stored byte.
+	EndLSN     string    `json:"end_lsn"`
+	Modified   time.Time `json:"modified"`
+	AgeSeconds float64   `json:"age_seconds"`
+}
+
+// WALGap is a run of missing segments: First to Last inclusive.
+type WALGap struct {
+	First string `json:"first"`
+	Last  string `json:"last"`
+	Count uint64 `json:"count"`
+}
+
+// ServerStatus describes the server --dsn points at.
+type ServerStatus struct {
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+	// Role is "primary" or "standby".
+	Role     string `json:"role,omitempty"`
+	Timeline uint32 `json:"timeline,omitempty"`
+	// CurrentLSN is pg_current_wal_lsn() on a primary, the last replayed
+	// (else received) position on a standby.
+	CurrentLSN string `json:"current_lsn,omitempty"`
+	Version    string `json:"version,omitempty"`
+	// RepositoryLagBytes is CurrentLSN minus the newest stored WAL's end,
+	// when both are known.
+	RepositoryLagBytes *int64 `json:"repository_lag_bytes,omitempty"`
+}
+
+// SlotStatus describes the replication slot.
+type SlotStatus struct {
+	Name string `json:"name"`
+	// Source says where the name came from: "flag", "stream" or "default".
+	Source     string `json:"source"`
+	Exists     bool   `json:"exists"`
+	Type       string `json:"type,omitempty"`
+	Active     bool   `json:"active"`
+	RestartLSN string `json:"restart_lsn,omitempty"`
+	// WALStatus is pg_replication_slots.wal_status: reserved, extended,
+	// unreserved or lost.
+	WALStatus string `json:"wal_status,omitempty"`
+	// SafeWALSize is null when max_slot_wal_keep_size is -1 (unlimited).
+	SafeWALSize *int64 `json:"safe_wal_size"`
+	// LagBytes is the server's current position minus restart_lsn: the
+	// WAL the slot makes the server keep.
+	LagBytes *int64 `json:"lag_bytes"`
+}
+
+// StreamReport is one stream heartbeat.
+type StreamReport struct {
+	Slot        string    `json:"slot"`
+	Alive       bool      `json:"alive"`
+	Stopped     bool      `json:"stopped"`
+	Host        string    `json:"host"`
+	PID         int       `json:"pid"`
+	Timeline    uint32    `json:"timeline"`
+	ReceivedLSN string    `json:"received_lsn"`
+	FlushedLSN  string    `json:"flushed_lsn"`
+	LastHeard   time.Time `json:"last_heard"`
+	AgeSeconds  float64   `json:"age_seconds"`
+}
+
+// CollectStatus reads the repository and, with a DSN, the server and slot.
+// It returns an error only when the repository cannot be read; everything
+// else ends up in the report, and threshold violations in Problems.
+func CollectStatus(ctx context.Context, opts StatusOptions) (*StatusReport, error) {
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultQueryTimeout
+	}
+	rep := &StatusReport{CheckedAt: now.UTC(), Streams: []StreamReport{}, Problems: []string{}}
+	// Listing a large bucket takes several calls: the repository section
+	// as a whole gets a dozen timeouts.
+	rctx, cancel := context.WithTimeout(ctx, 12*opts.Timeout)
+	defer cancel()
+	if err := collectRepository(rctx, opts.Repo, now, &rep.Repository); err != nil {
+		return nil, err
+	}
+	streams, err := opts.Repo.Streams(rctx)
+	if err != nil {
+		return nil, fmt.Errorf("read stream heartbeats: %w", err)
+	}
+	sort.Slice(streams, func(i, j int) bool { return streams[i].UpdatedAt.After(streams[j].UpdatedAt) })
+	for _, s := range streams {
+		rep.Streams = append(rep.Streams, StreamReport{
+			Slot: s.Slot, Alive: s.Live(now), Stopped: s.Stopped, Host: s.Host, PID: s.PID, Timeline: s.Timeline,
+			ReceivedLSN: s.Received, FlushedLSN: s.Flushed, LastHeard: s.UpdatedAt, AgeSeconds: seconds(now.Sub(s.UpdatedAt)),
+		})
+	}
+	if opts.DSN != "" {
+		slot, source := pickSlot(opts.Slot, streams, now)
+		rep.Server, rep.Slot = collectServer(ctx, opts.DSN, opts.Timeout, slot, source)
+		if lsn, ok := lsnOf(rep.Server.CurrentLSN); ok && rep.Repository.NewestWAL != nil {
+			end, _ := replication.ParseLSN(rep.Repository.NewestWAL.EndLSN)
+			lag := int64(lsn) - int64(end)
+			rep.Server.RepositoryLagBytes = &lag
+		}
+	}
+	rep.Problems = statusProblems(rep, opts)
+	return rep, nil
+}
+
+// pickSlot chooses the slot to report: the flag, else the slot of the most
+// recently heard stream (live ones first), else DefaultSlot.
+func pickSlot(flag string, streams []storage.StreamStatus, now time.Time) (name, source string) {
+	if flag != "" {
+		return flag, "flag"
+	}
+	for _, live := range []bool{true, false} {
+		for _, s := range streams {
+			if s.Live(now) == live && s.Slot != "" {
+				return s.Slot, "stream"
+			}
+		}
+	}
+	return DefaultSlot, "default"
+}
+
+func statusProblems(rep *StatusReport, opts StatusOptions) []string {
+	p := []string{}
+	r := rep.Repository
+	if opts.MaxBackupAge > 0 {
+		if r.NewestBackup == nil {
+			p = append(p, "no complete backup in the repository (--max-backup-age is set): run walkeeper backup")
+		} else if age := time.Duration(r.NewestBackup.AgeSeconds * float64(time.Second)); age > opts.MaxBackupAge {
+			p = append(p, fmt.Sprintf("newest backup %s finished %s ago, more than --max-backup-age %s: check the backup job",
+				r.NewestBackup.ID, roundAge(age), opts.MaxBackupAge))
+		}
+	}
+	if opts.MaxWALAge > 0 {
+		if r.NewestWAL == nil {
+			p = append(p, "no WAL in the repository (--max-wal-age is set): start walkeeper stream or set archive_command")
+		} else if age := time.Duration(r.NewestWAL.AgeSeconds * float64(time.Second)); age > opts.MaxWALAge {
+			p = append(p, fmt.Sprintf("newest WAL %s was stored %s ago, more than --max-wal-age %s: check that walkeeper stream runs",
+				r.NewestWAL.Name, roundAge(age), opts.MaxWALAge))
+		}
+	}
+	if len(r.WALGaps) > 0 {
+		g := r.WALGaps[0]
+		p = append(p, fmt.Sprintf("WAL gap: %d segment(s) missing from %s to %s (%d gap(s) in all): point-in-time recovery cannot cross it; take a new base backup",
+			g.Count, g.First, g.Last, len(r.WALGaps)))
+	}
+	if s := rep.Server; s != nil && !s.Reachable {
+		p = append(p, "server unreachable: "+s.Error)
+	}
+	if s := rep.Slot; s != nil {
+		switch {
+		case !s.Exists && s.Source != "default":
+			p = append(p, fmt.Sprintf("replication slot %q does not exist on the server: start walkeeper stream --slot %s (it creates the slot)", s.Name, s.Name))
+		case s.WALStatus == "lost":
+			p = append(p, fmt.Sprintf("replication slot %q was invalidated (wal_status=lost): the server removed WAL the repository lacks; take a new base backup and recreate the slot", s.Name))
+		}
+	}
+	return p
+}
+
+func roundAge(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Hour:
+		return d.Round(time.Minute)
+	case d >= time.Second:
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
+}
+
+func seconds(d time.Duration) float64 {
+	return float64(d.Round(time.Millisecond)) / float64(time.Second)
+}
+
+// walObject is one stored WAL segment or partial segment.
+type walObject struct {
+	key     string
+	name    string // without .partial
+	tli     uint32
+	segno   uint64
+	partial bool
+	info    storage.ObjectInfo
+}
+
+func collectRepository(ctx context.Context, repo *storage.Repository, now time.Time, out *RepositoryStatus) error {
+	out.Location = repo.String()
+	out.WALGaps = []WALGap{}
+	cfg, err := repo.Config(ctx)
+	switch {
+	case err == nil:
+		out.Initialized = true
+		out.SystemIdentifier, out.PGMajorVersion, out.WALSegmentSize = cfg.SystemIdentifier, cfg.PGMajorVersion, cfg.WALSegmentSize
+	case errors.Is(err, storage.ErrNotFound):
+	default:
+		return fmt.Errorf("read the repository %s: %w", repo, err)
+	}
+	segSize := out.WALSegmentSize
+	if segSize == 0 {
+		segSize = 16 << 20
+	}
+	var wal []walObject
+	err = repo.Backend().List(ctx, "", func(o storage.ObjectInfo) error {
+		out.Objects++
+		out.StoredBytes += o.Size
+		if !strings.HasPrefix(o.Key, storage.WALPrefix) {
+			return nil
+		}
+		base, _, _ := storage.SplitExt(o.Key)
+		name := strings.TrimPrefix(base, storage.WALPrefix)
+		partial := strings.HasSuffix(name, ".partial")
+		name = strings.TrimSuffix(name, ".partial")
+		tli, segno, err := storage.ParseSegmentName(name, segSize)
+		if err != nil {
+			return nil // history files and anything else
+		}
+		if partial {
+			out.WALPartials++
+		} else {
+			out.WALSegments++
+		}
+		wal = append(wal, walObject{key: o.Key, name: name, tli: tli, segno: segno, partial: partial, info: o})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list the repository %s: %w", repo, err)
+	}
+
+	backups, err := basebackup.List(ctx, repo)
+	if err != nil {
+		return fmt.Errorf("list backups: %w", err)
+	}
+	var oldest, newest *basebackup.Meta
+	for _, b := range backups {
+		if b.Meta == nil {
+			out.BackupsIncomplete++
+			continue
+		}
+		out.BackupsComplete++
+		if oldest == nil {
+			oldest = b.Meta
+		}
+		if newest == nil || b.Meta.StopTime.After(newest.StopTime) {
+			newest = b.Meta
+		}
+	}
+	if newest != nil {
+		out.NewestBackup = &BackupSummary{
+			ID: newest.ID, StartTime: newest.StartTime, StopTime: newest.StopTime, AgeSeconds: seconds(now.Sub(newest.StopTime)),
+			StartLSN: newest.StartLSN, StopLSN: newest.StopLSN, Timeline: newest.Timeline,
+		}
+	}
+
+	if len(wal) == 0 {
+		return nil
+	}
+	// Newest: highest segment, then highest timeline, a complete segment
+	// before a partial of the same name.
+	sort.Slice(wal, func(i, j int) bool {
+		a, b := wal[i], wal[j]
+		if a.segno != b.segno {
+			return a.segno < b.segno
+		}
+		if a.tli != b.tli {
+			return a.tli < b.tli
+		}
+		return a.partial && !b.partial
+	})
+	// A partial can be replaced by its complete segment between the
+	// listing and reading its trailer; then the one before it is the
+	// newest this listing can vouch for.
+	var last walObject
+	var end uint64
+	for i := len(wal) - 1; i >= 0; i-- {
+		last, end = wal[i], (wal[i].segno+1)*segSize
+		if !last.partial {
+			break
+		}
+		m, err := repo.Meta(ctx, last.key)
+		if errors.Is(err, storage.ErrNotFound) && i > 0 {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", last.key, err)
+		}
+		end = last.segno*segSize + uint64(m.Size)
+		break
+	}
+	name := last.name
+	if last.partial {
+		name += ".partial"
+	}
+	out.NewestWAL = &WALSummary{
+		Name: name, Timeline: last.tli, Partial: last.partial, EndLSN: replication.LSN(end).String(),
+		Modified: last.info.ModTime.UTC(), AgeSeconds: seconds(now.Sub(last.info.ModTime)),
+	}
+
+	// Gaps: segment numbers are positions in the WAL whatever the
+	// timeline, so a segment stored on any timeline (or as the partial an
+	// old timeline ends with) fills its place.
+	from := wal[0].segno
+	if oldest != nil {
+		if lsn, err := replication.ParseLSN(oldest.StartLSN); err == nil {
+			from = uint64(lsn) / segSize
+		}
+		if oldest.WAL == basebackup.WALInclude {
+			if lsn, err := replication.ParseLSN(oldest.StopLSN); err == nil && lsn > 0 {
+				from = uint64(lsn-1)/segSize + 1
+			}
+		}
+	}
+	have := map[uint64]uint32{}
+	for _, w := range wal {
+		have[w.segno] = w.tli
+	}
+	tli := timelineAt(wal, from)
+	out.WALGapsFrom = storage.SegmentName(tli, from, segSize)
+	out.WALGaps = findGaps(have, from, last.segno, segSize, tli)
+	return nil
+}
+
+// timelineAt is the timeline of the stored segment at or before segno.
+func timelineAt(wal []walObject, segno uint64) uint32 {
+	tli := wal[0].tli
+	for _, w := range wal {
+		if w.segno > segno {
+			break
+		}
+		tli = w.tli
+	}
+	return tli
+}
+
+// maxGaps bounds the gaps a report lists.
+const maxGaps = 100
+
+// findGaps returns the runs of segment numbers in [from, to] missing from
+// have (segno → timeline). Missing segments are named on the timeline of the
+// stored segment before them (tli before the first).
+func findGaps(have map[uint64]uint32, from, to, segSize uint64, tli uint32) []WALGap {
+	gaps := []WALGap{}
+	for s := from; s <= to; {
+		if t, ok := have[s]; ok {
+			tli = t
+			s++
+			continue
+		}
+		start := s
+		for s <= to {
+			if _, ok := have[s]; ok {
+				break
+			}
+			s++
+		}
+		if len(gaps) < maxGaps {
+			gaps = append(gaps, WALGap{
+				First: storage.SegmentName(tli, start, segSize),
+				Last:  storage.SegmentName(tli, s-1, segSize),
+				Count: s - start,
+			})
+		}
+	}
+	return gaps
+}
+
+// sqlSession runs queries on a plain SQL connection, each under timeout.
+type sqlSession struct {
+	conn    *pgconn.PgConn
+	timeout time.Duration
+}
+
+// sqlValue is one column; Null marks SQL NULL.
+type sqlValue struct {
+	S    string
+	Null bool
+}
+
+func (v sqlValue) String() string { return v.S }
+
+// row runs a query with text parameters and returns its single row, or nil
+// when it returns none.
+func (s *sqlSession) row(ctx context.Context, sql string, args ...string) ([]sqlValue, error) {
+	qctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	params := make([][]byte, len(args))
+	for i, a := range args {
+		params[i] = []byte(a)
+	}
+	res := s.conn.ExecParams(qctx, sql, params, nil, nil, nil).Read()
+	if res.Err != nil {
+		return nil, replication.Classify(res.Err, "")
+	}
+	if len(res.Rows) == 0 {
+		return nil, nil
+	}
+	out := make([]sqlValue, len(res.Rows[0]))
+	for i, c := range res.Rows[0] {
+		out[i] = sqlValue{S: string(c), Null: c == nil}
+	}
+	return out, nil
+}
+
+func (s *sqlSession) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.conn.Close(ctx)
+}
+
+func openSQL(ctx context.Context, dsn string, timeout time.Duration) (*sqlSession, error) {
+	conn, err := replication.ConnectSQL(ctx, dsn, "walkeeper monitor", timeout)
+	if err != nil {
+		return nil, err
+	}
+	return &sqlSession{conn: conn, timeout: timeout}, nil
+}
+
+// serverQuery reads role, version, position and timeline in one round trip.
+// On a primary the timeline is the one WAL is inserted on (pg_walfile_name);
+// a standby cannot call that and reports its last checkpoint's timeline.
+const serverQuery = `SELECT pg_is_in_recovery(), current_setting('server_version'),
+  CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn())::text
+       ELSE pg_current_wal_lsn()::text END,
+  CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::text
+       ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END`
+
+const slotQuery = `SELECT slot_type, active, restart_lsn::text, wal_status, safe_wal_size::text
+  FROM pg_replication_slots WHERE slot_name = $1`
+
+func collectServer(ctx context.Context, dsn string, timeout time.Duration, slot, source string) (*ServerStatus, *SlotStatus) {
+	srv := &ServerStatus{}
+	sess, err := openSQL(ctx, dsn, timeout)
+	if err != nil {
+		srv.Error = oneLine(err.Error())
+		return srv, nil
+	}
+	defer sess.close()
+	if err := readServer(ctx, sess, srv); err != nil {
+		srv.Error = oneLine(err.Error())
+		return srv, nil
+	}
+	srv.Reachable = true
+	sl, err := readSlot(ctx, sess, slot, srv.CurrentLSN)
+	if err != nil {
+		srv.Error = "reading the slot: " + oneLine(err.Error())
+		return srv, nil
+	}
+	sl.Source = source
+	return srv, sl
+}
+
+func readServer(ctx context.Context, sess *sqlSession, srv *ServerStatus) error {
+	row, err := sess.row(ctx, serverQuery)
+	if err != nil {
+		return err
+	}
+	if len(row) != 4 {
+		return errors.New("server status query returned no row")
+	}
+	srv.Role = "primary"
+	if row[0].S == "t" {
+		srv.Role = "standby"
+	}
+	srv.Version, srv.CurrentLSN = row[1].S, row[2].S
+	base := 10
+	if srv.Role == "primary" {
+		base = 16
+	}
+	if t, err := strconv.ParseUint(row[3].S, base, 32); err == nil {
+		srv.Timeline = uint32(t)
+	}
+	return nil
+}
+
+// readSlot reads one slot; current is the server's position for the lag.
+func readSlot(ctx context.Context, sess *sqlSession, name, current string) (*SlotStatus, error) {
+	sl := &SlotStatus{Name: name}
+	row, err := sess.row(ctx, slotQuery, name)
+	if err != nil || row == nil {
+		return sl, err
+	}
+	sl.Exists, sl.Type, sl.Active = true, row[0].S, row[1].S == "t"
+	sl.RestartLSN, sl.WALStatus = row[2].S, row[3].S
+	if !row[4].Null {
+		if n, err := strconv.ParseInt(row[4].S, 10, 64); err == nil {
+			sl.SafeWALSize = &n
+		}
+	}
+	cur, ok1 := lsnOf(current)
+	restart, ok2 := lsnOf(sl.RestartLSN)
+	if ok1 && ok2 {
+		lag := int64(cur) - int64(restart)
+		sl.LagBytes = &lag
+	}
+	return sl, nil
+}
+
+func lsnOf(s string) (replication.LSN, bool) {
+	if s == "" {
+		return 0, false
+	}
+	l, err := replication.ParseLSN(s)
+	return l, err == nil
+}
+
+// WriteText prints the report as aligned sections, problems last.
+func (r *StatusReport) WriteText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	head := func(title, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", title, fmt.Sprintf(format, a...)) }
+	line := func(key, format string, a ...any) { fmt.Fprintf(tw, "  %s\t%s\n", key, fmt.Sprintf(format, a...)) }
+	age := func(sec float64) time.Duration { return roundAge(time.Duration(sec * float64(time.Second))) }
+
+	repo := r.Repository
+	head("Repository", "%s", repo.Location)
+	if repo.Initialized {
+		line("system identifier", "%s (PostgreSQL %d, %s segments)", repo.SystemIdentifier, repo.PGMajorVersion, humanBytes(int64(repo.WALSegmentSize)))
+	} else {
+		line("system identifier", "none yet (no walkeeper.json: nothing was stored)")
+	}
+	line("backups", "%d complete, %d incomplete", repo.BackupsComplete, repo.BackupsIncomplete)
+	if b := repo.NewestBackup; b != nil {
+		line("newest backup", "%s, finished %s ago (%s to %s, timeline %d)", b.ID, age(b.AgeSeconds), b.StartLSN, b.StopLSN, b.Timeline)
+	} else {
+		line("newest backup", "none")
+	}
+	line("WAL", "%d segments, %d partial", repo.WALSegments, repo.WALPartials)
+	if wl := repo.NewestWAL; wl != nil {
+		line("newest WAL", "%s (timeline %d, ends at %s), stored %s ago", wl.Name, wl.Timeline, wl.EndLSN, age(wl.AgeSeconds))
+	} else {
+		line("newest WAL", "none")
+	}
+	switch {
+	case repo.WALGapsFrom == "":
+	case len(repo.WALGaps) == 0:
+		line("WAL gaps", "none since %s", repo.WALGapsFrom)
+	default:
+		for _, g := range repo.WALGaps {
+			line("WAL gap", "%s to %s (%d missing)", g.First, g.Last, g.Count)
+		}
+	}
+	line("stored", "%s in %d objects", humanBytes(repo.StoredBytes), repo.Objects)
+
+	if s := r.Server; s != nil {
+		if !s.Reachable {
+			head("Server", "UNREACHABLE: %s", s.Error)
+		} else {
+			head("Server", "%s, PostgreSQL %s", s.Role, s.Version)
+			line("timeline", "%d", s.Timeline)
+			line("current LSN", "%s", s.CurrentLSN)
+			if s.RepositoryLagBytes != nil {
+				line("repository lag", "%s behind the server", humanBytes(*s.RepositoryLagBytes))
+			}
+			if s.Error != "" {
+				line("error", "%s", s.Error)
+			}
+		}
+	}
+	if sl := r.Slot; sl != nil {
+		if !sl.Exists {
+			head("Slot", "%s (%s): does not exist", sl.Name, sl.Source)
+		} else {
+			state := "inactive"
+			if sl.Active {
+				state = "active"
+			}
+			head("Slot", "%s (%s): %s %s", sl.Name, sl.Source, state, sl.Type)
+			line("restart LSN", "%s", sl.RestartLSN)
+			line("wal_status", "%s", sl.WALStatus)
+			if sl.SafeWALSize != nil {
+				line("safe_wal_size", "%s", humanBytes(*sl.SafeWALSize))
+			} else {
+				line("safe_wal_size", "unlimited (max_slot_wal_keep_size = -1)")
+			}
+			if sl.LagBytes != nil {
+				line("retained", "%s", humanBytes(*sl.LagBytes))
+			}
+		}
+	}
+	if len(r.Streams) == 0 {
+		head("Stream", "none has written a heartbeat to this repository")
+	}
+	for _, s := range r.Streams {
+		state := "DEAD (not heard from)"
+		switch {
+		case s.Stopped:
+			state = "stopped"
+		case s.Alive:
+			state = "alive"
+		}
+		head("Stream", "%s: %s", s.Slot, state)
+		line("process", "pid %d on %s", s.PID, s.Host)
+		line("flushed LSN", "%s (timeline %d)", s.FlushedLSN, s.Timeline)
+		line("last heard", "%s ago", age(s.AgeSeconds))
+	}
+	if len(r.Problems) == 0 {
+		head("Status", "OK")
+	} else {
+		head("Status", "%d problem(s)", len(r.Problems))
+		for _, p := range r.Problems {
+			line("-", "%s", p)
+		}
+	}
+	return tw.Flush()
+}
