@@ -43,7 +43,7 @@ failed, 2 when neither --dsn nor --repo is given.
 
 Example:
   walkeeper doctor --dsn "host=db1 user=walkeeper" --repo s3://bucket/db1`,
-		Flags:  []cli.Flag{jsonFlag, monitorSlotFlag, maxSlotRetainedFlag, minFreeSpaceFlag, checkTimeoutFlag},
+		Flags:  []cli.Flag{jsonFlag, monitorSlotFlag, maxSlotRetainedFlag, minFreeSpaceFlag, queryTimeoutFlag},
 		Action: doctorAction,
 	})
 }
@@ -52,7 +52,7 @@ func doctorAction(c *cli.Context) error {
 	opts := monitor.DoctorOptions{
 		DSN:     c.String(dsnFlag.Name),
 		Slot:    c.String(monitorSlotFlag.Name),
-		Timeout: c.Duration(checkTimeoutFlag.Name),
+		Timeout: c.Duration(queryTimeoutFlag.Name),
 	}
 	if opts.Slot != "" {
 		if err := replication.ValidateSlotName(opts.Slot); err != nil {

@@ -26,7 +26,7 @@ var (
 		Name:  "max-wal-age",
 		Usage: "exit 5 when the newest stored WAL is older than `DURATION` (e.g. 10m), or there is none",
 	}
-	checkTimeoutFlag = &cli.DurationFlag{
+	queryTimeoutFlag = &cli.DurationFlag{
 		Name:  "timeout",
 		Value: monitor.DefaultQueryTimeout,
 		Usage: "limit for connecting to the server and for each query or storage call",
@@ -55,7 +55,7 @@ printed under "Status" (and in the JSON's "problems").
 Example (Nagios/cron):
   walkeeper status --repo s3://bucket/db1 --dsn "host=db1 user=walkeeper" \
       --max-backup-age 26h --max-wal-age 10m`,
-		Flags:  []cli.Flag{jsonFlag, monitorSlotFlag, maxBackupAgeFlag, maxWALAgeFlag, checkTimeoutFlag},
+		Flags:  []cli.Flag{jsonFlag, monitorSlotFlag, maxBackupAgeFlag, maxWALAgeFlag, queryTimeoutFlag},
 		Action: statusAction,
 	})
 }
@@ -81,7 +81,7 @@ func statusAction(c *cli.Context) error {
 	}
 	rep, err := monitor.CollectStatus(c.Context, monitor.StatusOptions{
 		Repo: repo, DSN: c.String(dsnFlag.Name), Slot: slot,
-		MaxBackupAge: maxBackup, MaxWALAge: maxWAL, Timeout: c.Duration(checkTimeoutFlag.Name),
+		MaxBackupAge: maxBackup, MaxWALAge: maxWAL, Timeout: c.Duration(queryTimeoutFlag.Name),
 	})
 	if err != nil {
 		return err
