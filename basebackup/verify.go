@@ -363,7 +363,7 @@ func (v *verifier) checkBackupWAL(b Info) {
 		if gapLen > 1 {
 			what = fmt.Sprintf("%d segments %s .. %s are", gapLen, gapFrom, last)
 		}
-		v.problem(ProblemMissingWAL, storage.WALKey(gapFrom), "%s missing: backup %s (start %s, timeline %d) cannot be rolled forward past them",
+		v.problem(ProblemMissingWAL, storage.WALKey(gapFrom), "%s missing: recovery from backup %s (start %s, timeline %d) stops before the gap",
 			what, b.ID, m.StartLSN, m.Timeline)
 		gapLen = 0
 	}
@@ -429,6 +429,9 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if base, _, _ := storage.SplitExt(c.key); errors.Is(err, storage.ErrNotFound) && strings.HasSuffix(base, ".partial") {
+			return nil // a running stream replaced it by the complete segment
 		}
 		v.readProblem(c.key, err)
 		return nil
