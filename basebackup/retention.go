@@ -24,7 +24,7 @@ import (
 //   - An incomplete backup goes when it started before the oldest kept
 //     complete backup (with none kept: before the newest deleted one), its
 //     newest object is older than IncompleteAge, and it is not the one the
-//     backup lock's holder may be writing.
+//     live holder of the backup lock may be writing.
 //   - WAL goes when its segment number is below the start segment of every
 //     kept complete backup (recovery only reads forward from a backup's
 //     start, whatever the timeline) and its timeline is not newer than the
@@ -168,7 +168,7 @@ type retentionInput struct {
 	backups []Info
 	objects map[string][]storage.ObjectInfo // by backup ID
 	wal     *walIndex
-	lock    *storage.LockInfo // the backup lock, if present
+	lock    *storage.LockInfo // the backup lock, if held
 }
 
 func readRetentionInput(ctx context.Context, repo *storage.Repository, segSize uint64) (retentionInput, error) {
@@ -186,7 +186,9 @@ func readRetentionInput(ctx context.Context, repo *storage.Repository, segSize u
 	var li storage.LockInfo
 	switch err := repo.ReadJSON(ctx, storage.LockKey("backup"), &li); {
 	case err == nil:
-		in.lock = &li
+		if !li.Stale() {
+			in.lock = &li
+		}
 	case errors.Is(err, storage.ErrNotFound):
 	case errors.Is(err, storage.ErrCorrupt):
 		in.lock = &storage.LockInfo{} // unreadable: assume a backup runs

@@ -85,7 +85,7 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 		return nil, err
 	}
 	v := &verifier{repo: repo, opts: opts, seg: cfg.WALSegmentSize, seen: map[string]bool{},
-		report: &VerifyReport{Problems: []Problem{}}, hist: map[uint32][]historyEntry{}, ends: map[uint32]tlEnd{}}
+		report: &VerifyReport{Problems: []Problem{}}, hist: map[uint32][]replication.HistoryEntry{}, ends: map[uint32]tlEnd{}}
 	infos, err := List(ctx, repo)
 	if err != nil {
 		return nil, err
@@ -111,7 +111,7 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 	}
 	var lock *storage.LockInfo
 	var li storage.LockInfo
-	if err := repo.ReadJSON(ctx, storage.LockKey("backup"), &li); err == nil {
+	if err := repo.ReadJSON(ctx, storage.LockKey("backup"), &li); err == nil && !li.Stale() {
 		lock = &li
 	}
 
@@ -150,8 +150,8 @@ type verifier struct {
 	opts VerifyOptions
 	seg  uint64
 	wal  *walIndex
-	hist map[uint32][]historyEntry // parsed history files by timeline
-	ends map[uint32]tlEnd          // where each ancestor timeline ended
+	hist map[uint32][]replication.HistoryEntry // parsed history files by timeline
+	ends map[uint32]tlEnd                      // where each ancestor timeline ended
 	// chainTLIs are the timelines the checked backups' WAL runs on.
 	chainTLIs map[uint32]bool
 
@@ -200,9 +200,9 @@ func (v *verifier) readHistories(ctx context.Context) error {
 			v.readProblem(f.Key, err)
 			continue
 		}
-		h, err := parseTimelineHistory(content)
-		if err == nil && len(h) > 0 && h[len(h)-1].tli >= tli {
-			err = fmt.Errorf("it names timeline %d as an ancestor of timeline %d", h[len(h)-1].tli, tli)
+		h, err := replication.ParseHistory(content)
+		if err == nil && len(h) > 0 && h[len(h)-1].TLI >= tli {
+			err = fmt.Errorf("it names timeline %d as an ancestor of timeline %d", h[len(h)-1].TLI, tli)
 		}
 		if err != nil {
 			v.problem(ProblemBadHistory, f.Key, "%v", err)
@@ -210,11 +210,11 @@ func (v *verifier) readHistories(ctx context.Context) error {
 		}
 		v.hist[tli] = h
 		for _, e := range h {
-			if prev, ok := v.ends[e.tli]; ok && prev.end != e.end {
-				v.problem(ProblemHistory, f.Key, "says timeline %d ended at %s, %s says %s", e.tli, e.end, prev.from, prev.end)
+			if prev, ok := v.ends[e.TLI]; ok && prev.end != e.Switchpoint {
+				v.problem(ProblemHistory, f.Key, "says timeline %d ended at %s, %s says %s", e.TLI, e.Switchpoint, prev.from, prev.end)
 				continue
 			}
-			v.ends[e.tli] = tlEnd{end: e.end, from: f.name}
+			v.ends[e.TLI] = tlEnd{end: e.Switchpoint, from: f.name}
 		}
 	}
 	return nil
@@ -312,7 +312,7 @@ func (v *verifier) checkBackupWAL(b Info) {
 			continue
 		}
 		for _, e := range h {
-			if e.tli == tli && e.end >= start {
+			if e.TLI == tli && e.Switchpoint >= start {
 				target = t
 			}
 		}

@@ -157,3 +157,28 @@ func TestVerifyIncludeModeBackup(t *testing.T) {
 		t.Fatalf("%v %+v", err, r)
 	}
 }
+
+// TestVerifyRunningBackup: the incomplete backup the live holder of the
+// backup lock writes is a note, not a problem; once the lock is gone it is
+// reported.
+func TestVerifyRunningBackup(t *testing.T) {
+	ctx := context.Background()
+	repo := memRepo()
+	backuptest.Init(t, repo)
+	now := time.Now().UTC()
+	id := now.Format("20060102T150405Z")
+	backuptest.Backup{ID: id, Start: now, Timeline: 1, StartLSN: "0/2000028"}.Write(t, repo)
+	lock, err := repo.Lock(ctx, "backup", "backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := basebackup.Verify(ctx, repo, basebackup.VerifyOptions{})
+	if err != nil || !r.OK || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], id) {
+		t.Fatalf("with the lock held: %v %+v", err, r)
+	}
+	lock.Release(ctx)
+	r, err = basebackup.Verify(ctx, repo, basebackup.VerifyOptions{})
+	if err != nil || r.OK || kinds(r)[basebackup.ProblemIncomplete][0] != "backups/"+id+"/" {
+		t.Fatalf("without the lock: %v %+v", err, r)
+	}
+}

@@ -1,8 +1,6 @@
 package basebackup
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -96,42 +94,6 @@ func listWAL(ctx context.Context, repo *storage.Repository, segSize uint64) (*wa
 	return ix, nil
 }
 
-// historyEntry is one line of a timeline history file: timeline tli ended
-// at end, where its child began.
-type historyEntry struct {
-	tli uint32
-	end replication.LSN
-}
-
-// parseTimelineHistory parses PostgreSQL's "1\t0/3000000\treason" lines.
-func parseTimelineHistory(content []byte) ([]historyEntry, error) {
-	var out []historyEntry
-	sc := bufio.NewScanner(bytes.NewReader(content))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			return nil, fmt.Errorf("line %q has no switch point", line)
-		}
-		tli, err := strconv.ParseUint(f[0], 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("line %q: bad timeline", line)
-		}
-		end, err := replication.ParseLSN(f[1])
-		if err != nil {
-			return nil, fmt.Errorf("line %q: %w", line, err)
-		}
-		if n := len(out); n > 0 && (uint32(tli) <= out[n-1].tli || end < out[n-1].end) {
-			return nil, fmt.Errorf("line %q: timelines and switch points must increase", line)
-		}
-		out = append(out, historyEntry{tli: uint32(tli), end: end})
-	}
-	return out, sc.Err()
-}
-
 // span is the part of the WAL a timeline holds on the way to a later one:
 // from begin (where its parent ended) to end (its switch point); open is
 // set for the last timeline of a chain, which has not ended.
@@ -143,15 +105,15 @@ type span struct {
 
 // timelineChain is the path from timeline 1 to tli that its history
 // describes, oldest first.
-func timelineChain(tli uint32, history []historyEntry) []span {
+func timelineChain(tli uint32, history []replication.HistoryEntry) []span {
 	var out []span
 	var begin replication.LSN
 	for _, e := range history {
-		if e.tli >= tli {
+		if e.TLI >= tli {
 			break
 		}
-		out = append(out, span{tli: e.tli, begin: begin, end: e.end})
-		begin = e.end
+		out = append(out, span{tli: e.TLI, begin: begin, end: e.Switchpoint})
+		begin = e.Switchpoint
 	}
 	return append(out, span{tli: tli, begin: begin, open: true})
 }
