@@ -13,6 +13,7 @@ require (
 	github.com/klauspost/compress v1.20.4
 	github.com/pierrec/lz4/v4 v4.1.33
 	github.com/urfave/cli/v2 v2.27.7
+	golang.org/x/sync v0.22.0
 	golang.org/x/term v0.48.0
 )
 

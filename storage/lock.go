@@ -152,6 +152,10 @@ func (l *Lock) Release(ctx context.Context) error {
 	return l.repo.b.Delete(ctx, l.key)
 }
 
+// Stale reports whether the lock's holder is gone: on this host its
+// process has exited; on another, its heartbeat is older than the limit.
+func (i LockInfo) Stale() bool { return i.stale() }
+
 func (i LockInfo) stale() bool {
 	if host, _ := os.Hostname(); host == i.Host && i.PID > 0 {
 		// Same host: the process tells. EPERM means it exists.

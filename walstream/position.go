@@ -1,13 +1,11 @@
 package walstream
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 
+	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
 )
 
@@ -70,28 +68,12 @@ type historyEntry struct {
 
 // parseHistory parses a timeline history file ("1\t0/3000000\treason").
 func parseHistory(content []byte) ([]historyEntry, error) {
-	var out []historyEntry
-	sc := bufio.NewScanner(bytes.NewReader(content))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			return nil, fmt.Errorf("bad timeline history line %q", line)
-		}
-		tli, err := strconv.ParseUint(f[0], 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("bad timeline history line %q", line)
-		}
-		sp, err := ParseLSN(f[1])
-		if err != nil {
-			return nil, fmt.Errorf("bad timeline history line %q: %w", line, err)
-		}
-		out = append(out, historyEntry{tli: uint32(tli), switchpoint: sp})
+	entries, err := replication.ParseHistory(content)
+	out := make([]historyEntry, len(entries))
+	for i, e := range entries {
+		out[i] = historyEntry{tli: e.TLI, switchpoint: e.Switchpoint}
 	}
-	return out, sc.Err()
+	return out, err
 }
 
 // startPoint is where a session starts streaming.

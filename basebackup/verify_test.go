@@ -1,0 +1,184 @@
+package basebackup_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walkeeper/walkeeper/basebackup"
+	"github.com/walkeeper/walkeeper/basebackup/backuptest"
+	"github.com/walkeeper/walkeeper/storage"
+)
+
+func kinds(r *basebackup.VerifyReport) map[string][]string {
+	out := map[string][]string{}
+	for _, p := range r.Problems {
+		out[p.Kind] = append(out[p.Kind], p.Key)
+	}
+	return out
+}
+
+func TestVerifyClean(t *testing.T) {
+	repo := memRepo()
+	ids, incomplete := backuptest.TimelineHistory(t, repo)
+	backuptest.Replace(t, repo, "backups/"+incomplete+"/base.tar.zst", "x") // keep it readable
+	// Without the old incomplete backup the repository is clean.
+	for _, k := range backuptest.Keys(t, repo) {
+		if strings.HasPrefix(k, "backups/"+incomplete+"/") {
+			repo.Backend().Delete(context.Background(), k)
+		}
+	}
+	r, err := basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{Parallel: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 4 backups x 2 archives, 7 + 6 segments, 2 partials, 1 backup label, 1 history.
+	if !r.OK || r.Backups != 4 || r.ObjectsChecked != 8+13+2+1+1 || r.BytesRead == 0 {
+		t.Fatalf("clean repository: %+v", r)
+	}
+	one, err := basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{Backup: ids[2]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its 2 archives, TL2 segments 10..13 and 14.partial, the history file.
+	if !one.OK || one.Backups != 1 || one.ObjectsChecked != 2+5+1 {
+		t.Fatalf("--backup %s: %+v", ids[2], one)
+	}
+	if _, err := basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{Backup: "nope"}); err == nil {
+		t.Error("unknown backup: no error")
+	}
+}
+
+// TestVerifyFindsFaults injects one fault at a time into the fabricated
+// repository and expects exactly the matching problem.
+func TestVerifyFindsFaults(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		inject func(t *testing.T, repo *storage.Repository, ids []string)
+		kind   string
+		key    string
+	}{
+		{"missing segment", func(t *testing.T, repo *storage.Repository, ids []string) {
+			repo.Backend().Delete(context.Background(), "wal/00000002000000000000000B.zst")
+		}, basebackup.ProblemMissingWAL, "wal/00000002000000000000000B"},
+		{"flipped WAL byte", func(t *testing.T, repo *storage.Repository, ids []string) {
+			backuptest.FlipByte(t, repo, "wal/000000010000000000000005.zst", 20)
+		}, basebackup.ProblemCorrupt, "wal/000000010000000000000005.zst"},
+		{"flipped archive byte", func(t *testing.T, repo *storage.Repository, ids []string) {
+			backuptest.FlipByte(t, repo, "backups/"+ids[1]+"/base.tar.zst", -60)
+		}, basebackup.ProblemCorrupt, "backups/" + ids1 + "/base.tar.zst"},
+		{"missing backup.json", func(t *testing.T, repo *storage.Repository, ids []string) {
+			repo.Backend().Delete(context.Background(), storage.BackupMetaKey(ids[3]))
+		}, basebackup.ProblemIncomplete, "backups/" + ids3 + "/"},
+		{"history contradicts segments", func(t *testing.T, repo *storage.Repository, ids []string) {
+			backuptest.Replace(t, repo, "wal/00000002.history.zst", "1\t0/6000000\tno recovery target specified\n")
+		}, basebackup.ProblemAfterSwitch, "wal/000000010000000000000007.zst"},
+		{"history missing", func(t *testing.T, repo *storage.Repository, ids []string) {
+			repo.Backend().Delete(context.Background(), "wal/00000002.history.zst")
+		}, basebackup.ProblemMissingHistory, "wal/00000002.history"},
+		{"archive missing", func(t *testing.T, repo *storage.Repository, ids []string) {
+			repo.Backend().Delete(context.Background(), "backups/"+ids[0]+"/backup_manifest.zst")
+		}, basebackup.ProblemMissingObject, "backups/" + ids0 + "/backup_manifest.zst"},
+		{"bad manifest", func(t *testing.T, repo *storage.Repository, ids []string) {
+			replaceListed(t, repo, ids[0], "backup_manifest", `{"Files": []}`)
+		}, basebackup.ProblemBadManifest, "backups/" + ids0 + "/backup_manifest.zst"},
+		{"archive replaced", func(t *testing.T, repo *storage.Repository, ids []string) {
+			backuptest.Replace(t, repo, "backups/"+ids[0]+"/base.tar.zst", "other content")
+		}, basebackup.ProblemMismatch, "backups/" + ids0 + "/base.tar.zst"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			repo := memRepo()
+			ids, incomplete := backuptest.TimelineHistory(t, repo)
+			for _, k := range backuptest.Keys(t, repo) {
+				if strings.HasPrefix(k, "backups/"+incomplete+"/") {
+					repo.Backend().Delete(context.Background(), k)
+				}
+			}
+			tc.inject(t, repo, ids)
+			r, err := basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := kinds(r)
+			if r.OK || len(got[tc.kind]) == 0 || got[tc.kind][0] != tc.key {
+				t.Fatalf("want %s %s, got %+v", tc.kind, tc.key, r.Problems)
+			}
+			for _, p := range r.Problems {
+				t.Logf("%s %s: %s", p.Kind, p.Key, p.Detail)
+			}
+		})
+	}
+}
+
+// The fixture's IDs, in start order.
+const (
+	ids0 = "20250101T000000Z"
+	ids1 = "20250102T000000Z"
+	ids3 = "20250104T000000Z"
+)
+
+// replaceListed stores content as the backup's object name and updates
+// backup.json to match, so only the content itself is wrong.
+func replaceListed(t *testing.T, repo *storage.Repository, id, name, content string) {
+	t.Helper()
+	ctx := context.Background()
+	var m basebackup.Meta
+	if err := repo.ReadJSON(ctx, storage.BackupMetaKey(id), &m); err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range m.Objects {
+		if o.Name == name {
+			repo.Backend().Delete(ctx, o.Key)
+			key, em := backuptest.Put(t, repo, storage.BackupKey(id, name), []byte(content))
+			m.Objects[i] = basebackup.Object{Name: name, Key: key, Size: em.Size, StoredSize: em.StoredSize, SHA256: em.Hex()}
+		}
+	}
+	if err := repo.WriteJSON(ctx, storage.BackupMetaKey(id), &m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestVerifyIncludeModeBackup: a backup that carries its WAL needs the
+// repository's WAL only from its stop on; none at all is fine.
+func TestVerifyIncludeModeBackup(t *testing.T) {
+	repo := memRepo()
+	backuptest.Init(t, repo)
+	backuptest.Backup{ID: "20250101T000000Z", Start: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), Timeline: 1,
+		StartLSN: "0/2000028", StopLSN: "0/3000100", WAL: basebackup.WALInclude, Complete: true}.Write(t, repo)
+	r, err := basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{})
+	if err != nil || !r.OK {
+		t.Fatalf("%v %+v", err, r)
+	}
+	backuptest.Segments(t, repo, 1, 5, 6) // the stream started later: 3 and 4 are missing
+	r, err = basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{})
+	if err != nil || r.OK || kinds(r)[basebackup.ProblemMissingWAL][0] != "wal/000000010000000000000003" ||
+		!strings.Contains(r.Problems[0].Detail, "2 segments") {
+		t.Fatalf("%v %+v", err, r)
+	}
+}
+
+// TestVerifyRunningBackup: the incomplete backup the live holder of the
+// backup lock writes is a note, not a problem; once the lock is gone it is
+// reported.
+func TestVerifyRunningBackup(t *testing.T) {
+	ctx := context.Background()
+	repo := memRepo()
+	backuptest.Init(t, repo)
+	now := time.Now().UTC()
+	id := now.Format("20060102T150405Z")
+	backuptest.Backup{ID: id, Start: now, Timeline: 1, StartLSN: "0/2000028"}.Write(t, repo)
+	lock, err := repo.Lock(ctx, "backup", "backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := basebackup.Verify(ctx, repo, basebackup.VerifyOptions{})
+	if err != nil || !r.OK || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], id) {
+		t.Fatalf("with the lock held: %v %+v", err, r)
+	}
+	lock.Release(ctx)
+	r, err = basebackup.Verify(ctx, repo, basebackup.VerifyOptions{})
+	if err != nil || r.OK || kinds(r)[basebackup.ProblemIncomplete][0] != "backups/"+id+"/" {
+		t.Fatalf("without the lock: %v %+v", err, r)
+	}
+}
