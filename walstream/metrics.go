@@ -147,11 +147,20 @@ func (c *streamCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descUp, boolFloat(s.connected.Load()))
 	ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, c.slot, fmt.Sprint(tli), sysID)
 	gauge(descTimeline, float64(tli))
-	gauge(descReceived, float64(received))
-	gauge(descFlushed, float64(flushed))
-	gauge(descStored, float64(up.segmentEnd.Load()))
-	gauge(descServerEnd, float64(serverEnd))
-	gauge(descLagBytes, float64(serverEnd-min(flushed, serverEnd)))
+	// Positions are unknown (absent, not 0) until the first connection, so
+	// rate() over them never sees a jump from 0.
+	position := func(d *prometheus.Desc, lsn uint64) {
+		if lsn != 0 {
+			gauge(d, float64(lsn))
+		}
+	}
+	position(descReceived, received)
+	position(descFlushed, flushed)
+	position(descStored, up.segmentEnd.Load())
+	position(descServerEnd, serverEnd)
+	if serverEnd != 0 && flushed != 0 {
+		gauge(descLagBytes, float64(serverEnd-min(flushed, serverEnd)))
+	}
 	lag := 0.0
 	if oldest := s.lag.oldest.Load(); oldest != 0 && flushed < received {
 		lag = max(now.Sub(time.Unix(0, oldest)).Seconds(), 0)

@@ -66,7 +66,7 @@ type Stats struct {
 	PartialsStored atomic.Int64
 	UploadErrors   atomic.Int64
 	UploadRetries  atomic.Int64
-	StoredBytes    atomic.Int64
+	StoredBytes    atomic.Int64 // as stored: after compression
 }
 
 func newUploader(repo *storage.Repository, log *slog.Logger, queue int) *uploader {
@@ -190,7 +190,7 @@ func (u *uploader) write(ctx context.Context, base string, r io.Reader) (storage
 	}
 	m, err := w.Close()
 	if err == nil {
-		u.stats.StoredBytes.Add(m.Size)
+		u.stats.StoredBytes.Add(m.StoredSize)
 	}
 	return m, err
 }
