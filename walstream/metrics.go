@@ -76,7 +76,11 @@ var (
 		"Replication connections lost and retried.")
 )
 
+// metricNames collects the names metricDesc was given.
+var metricNames []string
+
 func metricDesc(name, help string, labels ...string) *prometheus.Desc {
+	metricNames = append(metricNames, MetricsPrefix+name)
 	return prometheus.NewDesc(MetricsPrefix+name, help, labels, nil)
 }
 
@@ -101,21 +105,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // MetricNames lists the names of the stream's own metrics (without the Go
 // and process collectors'), for checking dashboards and alert rules.
-func MetricNames() []string {
-	var names []string
-	for _, d := range allDescs {
-		names = append(names, descName(d))
-	}
-	return names
-}
-
-// descName extracts the fully qualified name from a Desc; client_golang
-// has no accessor, but its String form is stable: Desc{fqName: "NAME", ...}.
-func descName(d *prometheus.Desc) string {
-	var name string
-	fmt.Sscanf(d.String(), "Desc{fqName: %q", &name)
-	return name
-}
+func MetricNames() []string { return slices.Clone(metricNames) }
 
 type streamCollector Metrics
 
