@@ -52,6 +52,8 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	Repo            *storage.Repository
 	Log             *slog.Logger
+	// Metrics, when set, exports the stream's state (see NewMetrics).
+	Metrics *Metrics
 }
 
 // Run streams until ctx ends (then it stores what it received, reports it
@@ -99,6 +101,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	s := &streamer{opts: opts, log: log, up: up}
+	if opts.Metrics != nil {
+		opts.Metrics.s.Store(s)
+	}
 	hbDone := make(chan struct{})
 	hbStop := make(chan struct{})
 	go func() { s.heartbeat(upCtx, hbStop); close(hbDone) }()
@@ -133,6 +138,7 @@ func Run(ctx context.Context, opts Options) error {
 		if time.Since(began) > time.Minute {
 			backoff = time.Second // it streamed for a while: a fresh failure
 		}
+		s.reconnects.Add(1)
 		log.Warn("replication connection lost, reconnecting", "error", err, "retry_in", backoff.String())
 		select {
 		case <-time.After(backoff):
@@ -188,10 +194,14 @@ type streamer struct {
 	up      *uploader
 	started bool // START_REPLICATION succeeded at least once
 
-	// For the heartbeat goroutine.
+	// For the heartbeat goroutine and metrics.
 	sysID       atomic.Value // string
 	tliNow      atomic.Uint32
 	receivedNow atomic.Uint64
+	serverEnd   atomic.Uint64 // the server's WAL end from its last message
+	connected   atomic.Bool
+	reconnects  atomic.Int64
+	lag         lagClock
 
 	conn     *pgconn.PgConn
 	segSize  uint64
@@ -215,6 +225,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	}
 	s.conn = conn
 	defer func() {
+		s.connected.Store(false)
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		conn.Close(cctx)
 		cancel()
@@ -281,6 +292,8 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	// The queue is empty (barrier above): what is durable is exactly what
 	// the repository holds before start.
 	s.up.flushed.Store(uint64(start.lsn))
+	s.up.segmentEnd.Store(uint64(start.lsn))
+	s.lag.reset()
 	return s.stream(ctx, start)
 }
 
@@ -307,6 +320,7 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 			return replication.Classify(err, s.opts.Slot)
 		}
 		s.started = true
+		s.connected.Store(true)
 		s.tliNow.Store(tli)
 		s.log.Info("streaming", "timeline", tli, "start", pos.String(), "segment_size", s.segSize)
 		s.seg = newSegment(tli, pos, s.segSize)
@@ -363,7 +377,9 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 			s.flushPartialAsync(ctx)
 		default:
 		}
-		if LSN(s.up.flushed.Load()) != s.reported || time.Since(lastStatus) >= s.opts.StatusInterval {
+		flushed := LSN(s.up.flushed.Load())
+		s.lag.stored(flushed)
+		if flushed != s.reported || time.Since(lastStatus) >= s.opts.StatusInterval {
 			if err := s.sendStatus(false); err != nil {
 				return startPoint{}, err
 			}
@@ -391,6 +407,7 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 				if err != nil {
 					return startPoint{}, err
 				}
+				s.serverEnd.Store(uint64(xld.ServerWALEnd))
 				if err := s.handleXLogData(ctx, xld); err != nil {
 					return startPoint{}, err
 				}
@@ -399,6 +416,7 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 				if err != nil {
 					return startPoint{}, err
 				}
+				s.serverEnd.Store(uint64(ka.ServerWALEnd))
 				if ka.ReplyRequested {
 					if err := s.sendStatus(false); err != nil {
 						return startPoint{}, err
@@ -445,6 +463,9 @@ func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) err
 				return err
 			}
 		}
+	}
+	if len(x.WALData) > 0 {
+		s.lag.received(s.received, time.Now())
 	}
 	if s.opts.EndPos != 0 && s.received >= s.opts.EndPos {
 		s.flushPartial(ctx)

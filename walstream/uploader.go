@@ -53,24 +53,32 @@ type uploader struct {
 	partialLen map[string]int
 
 	stats Stats
+	// segmentEnd is the end of the newest complete segment stored;
+	// lastStored is when WAL (a partial or a segment) was last stored, in
+	// unix nanoseconds. Both are for metrics.
+	segmentEnd atomic.Uint64
+	lastStored atomic.Int64
 }
 
-// Stats counts what the uploader did; read it with Run's Options.OnStored.
+// Stats counts what the uploader did; Options.Metrics exports it.
 type Stats struct {
 	SegmentsStored atomic.Int64
 	PartialsStored atomic.Int64
 	UploadErrors   atomic.Int64
-	StoredBytes    atomic.Int64
+	UploadRetries  atomic.Int64
+	StoredBytes    atomic.Int64 // as stored: after compression
 }
 
 func newUploader(repo *storage.Repository, log *slog.Logger, queue int) *uploader {
-	return &uploader{
+	u := &uploader{
 		repo:       repo,
 		log:        log,
 		q:          make(chan job, queue),
 		advanced:   make(chan struct{}, 1),
 		partialLen: map[string]int{},
 	}
+	u.lastStored.Store(time.Now().UnixNano())
+	return u
 }
 
 func (u *uploader) fatal() error {
@@ -115,6 +123,7 @@ func (u *uploader) process(ctx context.Context, j job) {
 			u.setFatal(err)
 			return
 		}
+		u.stats.UploadRetries.Add(1)
 		u.log.Warn("storing WAL failed, retrying", "error", err, "retry_in", backoff.String())
 		select {
 		case <-time.After(backoff):
@@ -123,6 +132,13 @@ func (u *uploader) process(ctx context.Context, j job) {
 			return
 		}
 		backoff = min(2*backoff, 30*time.Second)
+	}
+	switch j.kind {
+	case jobSegment:
+		u.segmentEnd.Store(uint64(j.end))
+		u.lastStored.Store(time.Now().UnixNano())
+	case jobPartial:
+		u.lastStored.Store(time.Now().UnixNano())
 	}
 	if j.end > LSN(u.flushed.Load()) {
 		u.flushed.Store(uint64(j.end))
@@ -174,7 +190,7 @@ func (u *uploader) write(ctx context.Context, base string, r io.Reader) (storage
 	}
 	m, err := w.Close()
 	if err == nil {
-		u.stats.StoredBytes.Add(m.Size)
+		u.stats.StoredBytes.Add(m.StoredSize)
 	}
 	return m, err
 }

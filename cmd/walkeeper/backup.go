@@ -58,41 +58,55 @@ A second backup into the same repository while one runs exits with code 3.
 On a terminal a progress bar shows bytes done of the server's estimate; from
 cron, structured logs. The backup ID is printed alone on stdout at the end.
 
+With --metrics-file PATH the outcome (time, duration, size, success) is
+written for node-exporter's textfile collector; see docs/metrics.md.
+
 Example (cron):
   walkeeper backup --dsn "host=db1 user=walkeeper" --repo s3://bucket/db1`,
-		Flags:  []cli.Flag{labelFlag, checkpointFlag, maxRateFlag, walModeFlag, walTimeoutFlag},
+		Flags:  []cli.Flag{labelFlag, checkpointFlag, maxRateFlag, walModeFlag, walTimeoutFlag, metricsFileFlag},
 		Action: backupAction,
 	})
 }
 
 func backupAction(c *cli.Context) error {
+	start := time.Now()
+	meta, err := takeBackup(c)
+	var size int64
+	if meta != nil {
+		size = meta.StoredSize
+	}
+	return recordRun(c, "backup", start, size, err)
+}
+
+// takeBackup runs the backup and prints its ID.
+func takeBackup(c *cli.Context) (*basebackup.Meta, error) {
 	var fast bool
 	switch c.String(checkpointFlag.Name) {
 	case "fast":
 		fast = true
 	case "spread":
 	default:
-		return usagef("--checkpoint must be fast or spread")
+		return nil, usagef("--checkpoint must be fast or spread")
 	}
 	var rate int64
 	if v := c.String(maxRateFlag.Name); v != "" {
 		r, err := parseSize(v)
 		if err != nil {
-			return usagef("--max-rate: %v", err)
+			return nil, usagef("--max-rate: %v", err)
 		}
 		if r < 32<<10 || r > 1<<30 {
-			return usagef("--max-rate must be between 32kB and 1GB per second")
+			return nil, usagef("--max-rate must be between 32kB and 1GB per second")
 		}
 		rate = r
 	}
 	switch c.String(walModeFlag.Name) {
 	case basebackup.WALAuto, basebackup.WALStream, basebackup.WALInclude:
 	default:
-		return usagef("--wal must be auto, stream or include")
+		return nil, usagef("--wal must be auto, stream or include")
 	}
 	repo, err := openRepository(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts := basebackup.Options{
 		DSN:            c.String(dsnFlag.Name),
@@ -132,8 +146,8 @@ func backupAction(c *cli.Context) error {
 		bar.Finish()
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Fprintln(c.App.Writer, meta.ID)
-	return nil
+	return meta, nil
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -40,6 +42,10 @@ var (
 		Name:  "endpos",
 		Usage: "stop once WAL up to this `LSN` (e.g. 0/5000000) is stored, like pg_receivewal -E",
 	}
+	metricsListenFlag = &cli.StringFlag{
+		Name:  "metrics-listen",
+		Usage: "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9187 or :9187); see docs/metrics.md",
+	}
 	queueSegmentsFlag = &cli.IntFlag{
 		Name:  "queue-segments",
 		Value: 2,
@@ -63,10 +69,14 @@ report the final position and exit 0. Lost connections are retried with
 backoff (1s doubling to 30s); a failure before the first successful start
 exits non-zero at once, so a misconfiguration is seen immediately.
 
+With --metrics-listen ADDR, Prometheus metrics (walkeeper_stream_*: positions,
+lag, segments stored, upload errors, queue depth) are served at /metrics until
+the stream stops.
+
 Example:
   walkeeper stream --dsn "host=db1 user=walkeeper" --repo s3://bucket/db1 --slot walkeeper`,
 		Flags: []cli.Flag{slotFlag, noCreateSlotFlag, applicationNameFlag, statusIntervalFlag,
-			partialIntervalFlag, synchronousFlag, endposFlag, queueSegmentsFlag},
+			partialIntervalFlag, synchronousFlag, endposFlag, queueSegmentsFlag, metricsListenFlag},
 		Action: streamAction,
 	})
 }
@@ -101,6 +111,19 @@ func streamAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var metrics *walstream.Metrics
+	if addr := c.String(metricsListenFlag.Name); addr != "" {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return usagef("--metrics-listen %q: want HOST:PORT or :PORT", addr)
+		}
+		metrics = walstream.NewMetrics(slot)
+		srv, err := walstream.ServeMetrics(addr, metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w (is another process using the port?)", addr, err)
+		}
+		slog.Info("serving metrics", "url", "http://"+srv.Addr()+"/metrics")
+		defer srv.Close()
+	}
 	return walstream.Run(c.Context, walstream.Options{
 		DSN:             c.String(dsnFlag.Name),
 		Slot:            slot,
@@ -113,5 +136,6 @@ func streamAction(c *cli.Context) error {
 		QueueSegments:   c.Int(queueSegmentsFlag.Name),
 		Repo:            repo,
 		Log:             slog.Default(),
+		Metrics:         metrics,
 	})
 }
