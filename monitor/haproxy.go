@@ -88,6 +88,10 @@ type HAProxyOptions struct {
 	MaxLag        *MaxLag
 	CheckInterval time.Duration
 	Fall, Rise    int
+	// DNS, when set (HOST:PORT), adds a resolvers section so server names
+	// are resolved at run time and follow changes (containers that start
+	// late or move); without it names are resolved once at start.
+	DNS string
 }
 
 func (o HAProxyOptions) validate() error {
@@ -123,6 +127,11 @@ func (o HAProxyOptions) validate() error {
 	if o.CheckInterval < 10*time.Millisecond {
 		return fmt.Errorf("check interval %v: use at least 10ms", o.CheckInterval)
 	}
+	if o.DNS != "" {
+		if _, _, err := hostPort(o.DNS); err != nil {
+			return fmt.Errorf("--dns: %v", err)
+		}
+	}
 	if o.Fall < 1 || o.Rise < 1 {
 		return errors.New("fall and rise must be at least 1")
 	}
@@ -151,6 +160,13 @@ defaults
     timeout client 30m
     timeout server 30m
     timeout check {{.TimeoutCheck}}
+{{- if .DNS}}
+
+resolvers dns
+    nameserver dns1 {{.DNS}}
+    hold valid 10s
+    hold nx 2s
+{{- end}}
 
 frontend pg_write
     bind {{.Bind}}:{{.WritePort}}
@@ -159,9 +175,9 @@ frontend pg_write
 backend pg_primary
     option httpchk GET /primary
     http-check expect status 200
-    default-server inter {{.Inter}} fall {{.Fall}} rise {{.Rise}} on-marked-down shutdown-sessions init-addr last,libc,none
+    default-server inter {{.Inter}} fall {{.Fall}} rise {{.Rise}} on-marked-down shutdown-sessions init-addr last,libc,none{{if .DNS}} resolvers dns resolve-prefer ipv4{{end}}
 {{- range .Nodes}}
-    server {{.Name}} {{.Addr}} check addr {{.CheckAddr}} port {{.CheckPort}}
+    server {{.Name}} {{.Addr}} check{{with .CheckAddr}} addr {{.}}{{end}} port {{.CheckPort}}
 {{- end}}
 
 frontend pg_read
@@ -173,9 +189,9 @@ backend pg_replicas
     balance roundrobin
     option httpchk GET {{.ReplicaURI}}
     http-check expect status 200
-    default-server inter {{.Inter}} fall {{.Fall}} rise {{.Rise}} on-marked-down shutdown-sessions init-addr last,libc,none
+    default-server inter {{.Inter}} fall {{.Fall}} rise {{.Rise}} on-marked-down shutdown-sessions init-addr last,libc,none{{if .DNS}} resolvers dns resolve-prefer ipv4{{end}}
 {{- range .Nodes}}
-    server {{.Name}} {{.Addr}} check addr {{.CheckAddr}} port {{.CheckPort}}
+    server {{.Name}} {{.Addr}} check{{with .CheckAddr}} addr {{.}}{{end}} port {{.CheckPort}}
 {{- end}}
 {{- if .StatsPort}}
 
@@ -209,8 +225,14 @@ func WriteHAProxyConfig(w io.Writer, o HAProxyOptions) error {
 		data.ReplicaURI += "?max-lag=" + o.MaxLag.String()
 	}
 	for _, n := range o.Nodes {
+		// The agent beside the server needs only a port: HAProxy resolves
+		// the server's name at run time (init-addr), while an addr must
+		// resolve when the file is parsed, which a container name on a
+		// network that is not up yet does not.
 		checkAddr := n.CheckHost
-		if strings.Contains(checkAddr, ":") {
+		if checkAddr == n.Host {
+			checkAddr = ""
+		} else if strings.Contains(checkAddr, ":") {
 			checkAddr = "[" + checkAddr + "]" // HAProxy's addr takes IPv6 only in brackets
 		}
 		data.Nodes = append(data.Nodes, node{n, net.JoinHostPort(n.Host, strconv.Itoa(n.Port)), checkAddr})

@@ -34,7 +34,9 @@ func testOptions() HAProxyOptions {
 	return HAProxyOptions{
 		Nodes: []HAProxyNode{
 			{"a", "127.0.0.1", 5432, "127.0.0.1", 8008},
-			{"b", "::1", 5433, "::1", 8009},
+			{"b", "127.0.0.2", 5433, "::1", 8009},
+			// A container name that does not resolve yet, agent beside it.
+			{"c", "pg-c.invalid", 5434, "pg-c.invalid", 8010},
 		},
 		Bind: "127.0.0.1", WritePort: 5000, ReadPort: 5001, StatsPort: 8404,
 		MaxLag: &MaxLag{Bytes: 16 << 20}, CheckInterval: 200 * time.Millisecond, Fall: 2, Rise: 1,
@@ -69,16 +71,21 @@ func TestHAProxyConfigIsValid(t *testing.T) {
 	noLag.MaxLag, noLag.StatsPort, noLag.Bind = nil, 0, ""
 	byTime := testOptions()
 	byTime.MaxLag = &MaxLag{Time: 5 * time.Second, ByTime: true}
+	withDNS := testOptions()
+	withDNS.DNS = "127.0.0.11:53"
 	for name, tc := range map[string]struct {
 		o    HAProxyOptions
 		want []string
 	}{
 		"bytes": {testOptions(), []string{
 			"option httpchk GET /replica?max-lag=16MB", "option httpchk GET /primary",
-			"server b [::1]:5433 check addr [::1] port 8009", "bind 127.0.0.1:8404",
+			"server b 127.0.0.2:5433 check addr [::1] port 8009",
+			"server c pg-c.invalid:5434 check port 8010", "server a 127.0.0.1:5432 check port 8008", "bind 127.0.0.1:8404",
 			"use_backend pg_replicas if { nbsrv(pg_replicas) gt 0 }",
 			"default-server inter 200ms fall 2 rise 1 on-marked-down shutdown-sessions"}},
-		"time":   {byTime, []string{"GET /replica?max-lag=5s"}},
+		"time": {byTime, []string{"GET /replica?max-lag=5s"}},
+		"dns": {withDNS, []string{"resolvers dns\n    nameserver dns1 127.0.0.11:53",
+			"init-addr last,libc,none resolvers dns resolve-prefer ipv4"}},
 		"no lag": {noLag, []string{"GET /replica\n", "bind :5000"}},
 	} {
 		var b strings.Builder

@@ -53,12 +53,23 @@ start, and a lock keeps two deletes apart. --dry-run prints the plan.
 
 Example (cron, keep two weeks of nightly backups):
   walkeeper delete --repo s3://bucket/db1 --retain 14`,
-		Flags:  []cli.Flag{retainFlag, beforeFlag, dryRunFlag, deleteForceFlag, jsonFlag},
+		Flags:  []cli.Flag{retainFlag, beforeFlag, dryRunFlag, deleteForceFlag, jsonFlag, metricsFileFlag},
 		Action: deleteAction,
 	})
 }
 
+// deleteAction runs retention and, unless it is a dry run, records the run
+// in --metrics-file (size: the stored bytes deleted).
 func deleteAction(c *cli.Context) error {
+	start := time.Now()
+	freed, err := deleteRun(c)
+	if c.Bool(dryRunFlag.Name) {
+		return err
+	}
+	return recordRun(c, "delete", start, freed, err)
+}
+
+func deleteRun(c *cli.Context) (int64, error) {
 	opts := basebackup.RetentionOptions{
 		Retain: -1,
 		Force:  c.Bool(deleteForceFlag.Name),
@@ -68,31 +79,31 @@ func deleteAction(c *cli.Context) error {
 	}
 	if c.IsSet(retainFlag.Name) {
 		if opts.Retain = c.Int(retainFlag.Name); opts.Retain < 0 {
-			return usagef("--retain must be 0 or more")
+			return 0, usagef("--retain must be 0 or more")
 		}
 	}
 	if v := c.String(beforeFlag.Name); v != "" {
 		t, err := parseBefore(v, opts.Now)
 		if err != nil {
-			return usagef("--before: %v", err)
+			return 0, usagef("--before: %v", err)
 		}
 		opts.Before = t
 	}
 	if opts.Retain < 0 && opts.Before.IsZero() {
-		return usagef("say what to delete: --retain N (keep the N newest backups) or --before TIME")
+		return 0, usagef("say what to delete: --retain N (keep the N newest backups) or --before TIME")
 	}
 	repo, err := openRepository(c)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	res, err := basebackup.Retention(c.Context, repo, opts)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if c.Bool(jsonFlag.Name) {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return res.Bytes, enc.Encode(res)
 	}
 	w := c.App.Writer
 	verb := "deleted"
@@ -116,7 +127,7 @@ func deleteAction(c *cli.Context) error {
 	}
 	fmt.Fprintf(w, "%s %d backups and %d WAL objects, %s; %d complete backups kept\n", verb, len(res.Backups),
 		res.WAL.Objects, humanSize(res.Bytes), len(res.Kept))
-	return nil
+	return res.Bytes, nil
 }
 
 // parseBefore parses --before: a time (RFC 3339, or UTC "2006-01-02

@@ -48,17 +48,8 @@ func TestExampleConfigCommentedKeys(t *testing.T) {
 		}
 	}
 	setting := regexp.MustCompile(`^#?\s*([a-z0-9-]+)\s*=\s*(.*)$`)
-	pending := false
 	seen := map[string]bool{}
 	for i, line := range strings.Split(string(data), "\n") {
-		switch {
-		case strings.HasPrefix(line, "# >>> PENDING"):
-			pending = true
-			continue
-		case strings.HasPrefix(line, "# <<< PENDING"):
-			pending = false
-			continue
-		}
 		m := setting.FindStringSubmatch(line)
 		if m == nil {
 			continue
@@ -74,10 +65,6 @@ func TestExampleConfigCommentedKeys(t *testing.T) {
 		seen[key] = true
 		f, ok := flags[key]
 		if !ok {
-			if pending {
-				t.Logf("line %d: %s is not a flag yet (pending section)", i+1, key)
-				continue
-			}
 			t.Errorf("line %d: unknown setting %q", i+1, key)
 			continue
 		}

@@ -22,6 +22,7 @@ var (
 	checkIntervalFlag = &cli.DurationFlag{Name: "check-interval", Value: time.Second, Usage: "HAProxy's check interval (inter)"}
 	fallFlag          = &cli.IntFlag{Name: "fall", Value: 2, Usage: "failed checks in a row before a server is marked down"}
 	riseFlag          = &cli.IntFlag{Name: "rise", Value: 2, Usage: "passed checks in a row before a server is marked up"}
+	dnsFlag           = &cli.StringFlag{Name: "dns", Usage: "resolve node names at run time with this DNS server `HOST:PORT` (Docker: 127.0.0.11:53); default: once at start"}
 )
 
 func init() {
@@ -38,7 +39,7 @@ Example:
   walkeeper haproxy-config --node db1=10.0.0.1:5432,check=10.0.0.1:8008 \
       --node db2=10.0.0.2:5432,check=8008 --max-lag 16MB --stats-port 8404 \
       > /etc/haproxy/haproxy.cfg && haproxy -c -f /etc/haproxy/haproxy.cfg`,
-		Flags:  []cli.Flag{nodeFlag, writePortFlag, readPortFlag, bindFlag, statsPortFlag, maxLagFlag, checkIntervalFlag, fallFlag, riseFlag},
+		Flags:  []cli.Flag{nodeFlag, writePortFlag, readPortFlag, bindFlag, statsPortFlag, maxLagFlag, checkIntervalFlag, fallFlag, riseFlag, dnsFlag},
 		Action: haproxyConfigAction,
 	})
 }
@@ -55,6 +56,7 @@ func haproxyConfigAction(c *cli.Context) error {
 		CheckInterval: c.Duration(checkIntervalFlag.Name),
 		Fall:          c.Int(fallFlag.Name),
 		Rise:          c.Int(riseFlag.Name),
+		DNS:           c.String(dnsFlag.Name),
 	}
 	for _, s := range joinNodeOptions(c.StringSlice(nodeFlag.Name)) {
 		n, err := monitor.ParseHAProxyNode(s)

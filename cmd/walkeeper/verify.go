@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -36,32 +37,40 @@ running backup writes).
 
 Prints one line per problem and a summary (--json: a report object). Exit
 code 0: no problem; 5: problems found; 1: the check could not run.`,
-		Flags:  []cli.Flag{verifyBackupFlag, verifyParallelFlag, jsonFlag},
+		Flags:  []cli.Flag{verifyBackupFlag, verifyParallelFlag, jsonFlag, metricsFileFlag},
 		Action: verifyAction,
 	})
 }
 
+// verifyAction verifies and records the run in --metrics-file (size: the
+// bytes read; success: no problem found).
 func verifyAction(c *cli.Context) error {
+	start := time.Now()
+	read, err := verifyRun(c)
+	return recordRun(c, "verify", start, read, err)
+}
+
+func verifyRun(c *cli.Context) (int64, error) {
 	parallel := c.Int(verifyParallelFlag.Name)
 	if parallel < 1 || parallel > 256 {
-		return usagef("--parallel must be between 1 and 256")
+		return 0, usagef("--parallel must be between 1 and 256")
 	}
 	repo, err := openRepository(c)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	report, err := basebackup.Verify(c.Context, repo, basebackup.VerifyOptions{
 		Backup: c.String(verifyBackupFlag.Name), Parallel: parallel, Log: slog.Default(),
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	w := c.App.Writer
 	if c.Bool(jsonFlag.Name) {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(report); err != nil {
-			return err
+			return 0, err
 		}
 	} else {
 		for _, p := range report.Problems {
@@ -78,7 +87,7 @@ func verifyAction(c *cli.Context) error {
 			humanSize(report.BytesRead), report.Backups)
 	}
 	if !report.OK {
-		return fmt.Errorf("%w: %d in %s (see the report above)", errProblems, len(report.Problems), repo)
+		return report.BytesRead, fmt.Errorf("%w: %d in %s (see the report above)", errProblems, len(report.Problems), repo)
 	}
-	return nil
+	return report.BytesRead, nil
 }
