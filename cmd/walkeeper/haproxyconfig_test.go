@@ -28,8 +28,8 @@ func TestHAProxyConfigNodesFromEverywhere(t *testing.T) {
 			t.Fatalf("%s: exit %d: %s", name, code, stderr)
 		}
 		for _, want := range []string{
-			"server a 10.0.0.1:5432 check addr 10.0.0.1 port 8008",
-			"server b 10.0.0.2:5432 check addr 10.0.0.2 port 8008",
+			"server a 10.0.0.1:5432 check port 8008",
+			"server b 10.0.0.2:5432 check port 8008",
 			"GET /replica?max-lag=16MB",
 		} {
 			if strings.Count(stdout, want) == 0 {
