@@ -58,6 +58,10 @@ type Info struct {
 	// StoredSize is the total size of the backup's objects.
 	StoredSize int64 `json:"stored_size"`
 	Objects    int   `json:"objects"`
+	// Damaged says why a stored backup.json could not be read (corrupt or
+	// not JSON); such a backup counts as incomplete, so one damaged file
+	// does not stop list, restore, delete or verify (which reports it).
+	Damaged string `json:"damaged,omitempty"`
 }
 
 // StartTime is the backup's start: from backup.json, or parsed from the ID.
@@ -102,7 +106,10 @@ func List(ctx context.Context, repo *storage.Repository) ([]Info, error) {
 		if info.Complete {
 			var m Meta
 			if err := repo.ReadJSON(ctx, storage.BackupMetaKey(info.ID), &m); err != nil {
-				if !errors.Is(err, storage.ErrNotFound) {
+				switch {
+				case errors.Is(err, storage.ErrCorrupt):
+					info.Damaged = err.Error()
+				case !errors.Is(err, storage.ErrNotFound):
 					return nil, err
 				}
 				info.Complete = false

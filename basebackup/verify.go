@@ -267,7 +267,11 @@ func (v *verifier) checkBackup(b Info, objs []storage.ObjectInfo, lock *storage.
 		if lock != nil && !b.StartTime().Before(lock.Started.Add(-time.Minute)) {
 			v.report.Notes = append(v.report.Notes, fmt.Sprintf("backup %s has no backup.json yet; it is probably running (the backup lock is held)", b.ID))
 		} else if _, ok := stored[storage.BackupMetaKey(b.ID)]; ok {
-			v.problem(ProblemBadBackupJSON, storage.BackupMetaKey(b.ID), "backup.json cannot be read")
+			detail := "backup.json cannot be read"
+			if b.Damaged != "" {
+				detail = b.Damaged
+			}
+			v.problem(ProblemBadBackupJSON, storage.BackupMetaKey(b.ID), "%s", detail)
 		} else {
 			v.problem(ProblemIncomplete, prefix, "no backup.json: the backup did not finish (or lost its commit marker); restore ignores it, 'walkeeper delete' removes it once it is old")
 		}

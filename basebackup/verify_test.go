@@ -71,6 +71,11 @@ func TestVerifyFindsFaults(t *testing.T) {
 		{"missing backup.json", func(t *testing.T, repo *storage.Repository, ids []string) {
 			repo.Backend().Delete(context.Background(), storage.BackupMetaKey(ids[3]))
 		}, basebackup.ProblemIncomplete, "backups/" + ids3 + "/"},
+		{"garbled backup.json", func(t *testing.T, repo *storage.Repository, ids []string) {
+			if err := repo.Backend().Put(context.Background(), storage.BackupMetaKey(ids[3]), strings.NewReader("{not json")); err != nil {
+				t.Fatal(err)
+			}
+		}, basebackup.ProblemBadBackupJSON, "backups/" + ids3 + "/backup.json"},
 		{"history contradicts segments", func(t *testing.T, repo *storage.Repository, ids []string) {
 			backuptest.Replace(t, repo, "wal/00000002.history.zst", "1\t0/6000000\tno recovery target specified\n")
 		}, basebackup.ProblemAfterSwitch, "wal/000000010000000000000007.zst"},

@@ -56,6 +56,9 @@ func listAction(c *cli.Context) error {
 		rows := []row{}
 		for _, i := range infos {
 			r := row{ID: i.ID, Status: "incomplete", StartTime: i.StartTime(), StoredSize: i.StoredSize}
+			if i.Damaged != "" {
+				r.Status = "damaged"
+			}
 			if m := i.Meta; m != nil {
 				r.Status, r.Duration, r.StartLSN, r.StopLSN, r.Timeline = "complete", m.StopTime.Sub(m.StartTime).Seconds(), m.StartLSN, m.StopLSN, m.Timeline
 				r.Size, r.StoredSize, r.WAL, r.Standby, r.Label = m.Size, m.StoredSize, m.WAL, m.FromStandby, m.Label
@@ -75,7 +78,11 @@ func listAction(c *cli.Context) error {
 				humanSize(m.Size), humanSize(m.StoredSize))
 			continue
 		}
-		fmt.Fprintf(w, "%s\t%s\t-\t-\t-\t-\t-\t%s\tincomplete\n", i.ID, i.StartTime().Format(time.RFC3339), humanSize(i.StoredSize))
+		status := "incomplete"
+		if i.Damaged != "" {
+			status = "damaged backup.json (see walkeeper verify)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t-\t-\t-\t-\t-\t%s\t%s\n", i.ID, i.StartTime().Format(time.RFC3339), humanSize(i.StoredSize), status)
 	}
 	return w.Flush()
 }
