@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walkeeper/walkeeper/internal/replication"
+	"github.com/walkeeper/walkeeper/internal/units"
 	"github.com/walkeeper/walkeeper/storage"
 )
 
@@ -386,9 +387,9 @@ func (d *doctor) slotHealth(ctx context.Context) CheckResult {
 	}
 	retained := "unknown"
 	if sl.LagBytes != nil {
-		retained = humanBytes(*sl.LagBytes)
+		retained = units.FormatSize(*sl.LagBytes)
 		if d.opts.MaxSlotRetained > 0 && *sl.LagBytes > d.opts.MaxSlotRetained {
-			return checkWarn(fmt.Sprintf("slot %q holds back %s of WAL (more than %s; wal_status=%s)", name, retained, humanBytes(d.opts.MaxSlotRetained), sl.WALStatus),
+			return checkWarn(fmt.Sprintf("slot %q holds back %s of WAL (more than %s; wal_status=%s)", name, retained, units.FormatSize(d.opts.MaxSlotRetained), sl.WALStatus),
 				"check that walkeeper stream runs and keeps up (walkeeper status)")
 		}
 	}
@@ -588,7 +589,7 @@ func (d *doctor) freeSpace(ctx context.Context) CheckResult {
 	if total > 0 {
 		pct = 100 * float64(free) / float64(total)
 	}
-	detail := fmt.Sprintf("%s free of %s (%.1f%%) on the file system of %s", humanBytes(free), humanBytes(total), pct, dir)
+	detail := fmt.Sprintf("%s free of %s (%.1f%%) on the file system of %s", units.FormatSize(free), units.FormatSize(total), pct, dir)
 	if (d.opts.MinFreePercent > 0 && pct < d.opts.MinFreePercent) || (d.opts.MinFreeBytes > 0 && free < d.opts.MinFreeBytes) {
 		return checkWarn(detail+": below the --min-free-space threshold",
 			"free space or move the repository: when it fills up the stream stops and the server keeps WAL for the slot")
@@ -605,23 +606,6 @@ func Failures(results []CheckResult) int {
 		}
 	}
 	return n
-}
-
-// humanBytes prints bytes with PostgreSQL's units.
-func humanBytes(n int64) string {
-	neg := ""
-	if n < 0 {
-		neg, n = "-", -n
-	}
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%s%.1fGB", neg, float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%s%.1fMB", neg, float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%s%.1fkB", neg, float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%s%dB", neg, n)
 }
 
 // WriteDoctorText prints one line per check (status, name, detail) and the

@@ -15,6 +15,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/internal/replication"
+	"github.com/walkeeper/walkeeper/internal/units"
 	"github.com/walkeeper/walkeeper/storage"
 )
 
@@ -616,7 +617,7 @@ func (r *StatusReport) WriteText(w io.Writer) error {
 	repo := r.Repository
 	head("Repository", "%s", repo.Location)
 	if repo.Initialized {
-		line("system identifier", "%s (PostgreSQL %d, %s segments)", repo.SystemIdentifier, repo.PGMajorVersion, humanBytes(int64(repo.WALSegmentSize)))
+		line("system identifier", "%s (PostgreSQL %d, %s segments)", repo.SystemIdentifier, repo.PGMajorVersion, units.FormatSize(int64(repo.WALSegmentSize)))
 	} else {
 		line("system identifier", "none yet (no walkeeper.json: nothing was stored)")
 	}
@@ -641,7 +642,7 @@ func (r *StatusReport) WriteText(w io.Writer) error {
 			line("WAL gap", "%s to %s (%d missing)", g.First, g.Last, g.Count)
 		}
 	}
-	line("stored", "%s in %d objects", humanBytes(repo.StoredBytes), repo.Objects)
+	line("stored", "%s in %d objects", units.FormatSize(repo.StoredBytes), repo.Objects)
 
 	if s := r.Server; s != nil {
 		if !s.Reachable {
@@ -651,7 +652,7 @@ func (r *StatusReport) WriteText(w io.Writer) error {
 			line("timeline", "%d", s.Timeline)
 			line("current LSN", "%s", s.CurrentLSN)
 			if s.RepositoryLagBytes != nil {
-				line("repository lag", "%s behind the server", humanBytes(*s.RepositoryLagBytes))
+				line("repository lag", "%s behind the server", units.FormatSize(*s.RepositoryLagBytes))
 			}
 			if s.Error != "" {
 				line("error", "%s", s.Error)
@@ -670,12 +671,12 @@ func (r *StatusReport) WriteText(w io.Writer) error {
 			line("restart LSN", "%s", sl.RestartLSN)
 			line("wal_status", "%s", sl.WALStatus)
 			if sl.SafeWALSize != nil {
-				line("safe_wal_size", "%s", humanBytes(*sl.SafeWALSize))
+				line("safe_wal_size", "%s", units.FormatSize(*sl.SafeWALSize))
 			} else {
 				line("safe_wal_size", "unlimited (max_slot_wal_keep_size = -1)")
 			}
 			if sl.LagBytes != nil {
-				line("retained", "%s", humanBytes(*sl.LagBytes))
+				line("retained", "%s", units.FormatSize(*sl.LagBytes))
 			}
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walkeeper/walkeeper/basebackup"
+
+	"github.com/walkeeper/walkeeper/internal/units"
 )
 
 var jsonFlag = &cli.BoolFlag{
@@ -87,15 +89,4 @@ func listAction(c *cli.Context) error {
 	return w.Flush()
 }
 
-// humanSize prints bytes with PostgreSQL's units.
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1fGB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1fMB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1fkB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%dB", n)
-}
+func humanSize(n int64) string { return units.FormatSize(n) }

@@ -1,5 +1,3 @@
-// Package units parses the quantities operators type: sizes like "16MB",
-// with PostgreSQL's meaning of the units.
 package units
 
 import (
@@ -34,4 +32,22 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("invalid size %q: use a number with an optional unit (B, kB, MB, GB, TB)", s)
 	}
 	return n * mult, nil
+}
+
+// FormatSize prints n bytes the way PostgreSQL does (1024-based kB, MB, GB)
+// with one decimal: 16.0MB, 1.5GB, 512B; negative sizes keep their sign.
+func FormatSize(n int64) string {
+	neg := ""
+	if n < 0 {
+		neg, n = "-", -n
+	}
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%s%.1fGB", neg, float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%s%.1fMB", neg, float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%s%.1fkB", neg, float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%s%dB", neg, n)
 }

@@ -1,0 +1,3 @@
+// Package units parses the quantities operators type: sizes like "16MB",
+// with PostgreSQL's meaning of the units.
+package units
