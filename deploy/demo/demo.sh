@@ -106,6 +106,23 @@ wait_for() { # description, seconds, command...
 	die "timed out after ${secs}s waiting for $what (logs in $DEMO_DIR/logs)"
 }
 
+# haproxy_up BACKEND prints the servers HAProxy has marked UP in BACKEND,
+# from its stats CSV (bash's /dev/tcp: no curl needed).
+haproxy_up() {
+	local be=$1
+	exec 3<>"/dev/tcp/127.0.0.1/$STATS_PORT" || return 1
+	printf 'GET /;csv HTTP/1.0\r\nHost: demo\r\n\r\n' >&3
+	awk -F, -v be="$be" '$1 == be && $2 != "BACKEND" && $18 == "UP" { print $2 }' <&3
+	exec 3<&-
+}
+
+# writes_settled: only the primary is UP in the write backend. Until its
+# first checks HAProxy 2.6 counts every server as up (init-state arrived in
+# 3.1), so a write right after start could reach a replica.
+writes_settled() {
+	[ "$(haproxy_up pg_primary | tr '\n' ' ')" = "primary " ]
+}
+
 start_health() { # node
 	local n=$1
 	start_bg "health-$(node_name "$n")" "$WK" health --listen "127.0.0.1:$(check_port "$n")" \
@@ -169,6 +186,7 @@ up() {
 		--stats-port "$STATS_PORT" --max-lag 16MB --check-interval 1s >"$DEMO_DIR/haproxy.cfg"
 	haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
 	haproxy -D -f "$DEMO_DIR/haproxy.cfg" -p "$DEMO_DIR/run/haproxy.pid"
+	wait_for "HAProxy to send writes to the primary only" 60 writes_settled
 	wait_for "HAProxy to see a healthy replica" 60 sh -c "'$PGBIN/psql' -X -At -h 127.0.0.1 -p $READ_PORT -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' | grep -q t"
 
 	say "writes through the write port ($WRITE_PORT)"
