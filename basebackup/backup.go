@@ -95,11 +95,7 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		lock.Release(rctx)
-		cancel()
-	}()
+	defer lock.Close()
 	if _, err := opts.Repo.Init(cctx, want); err != nil {
 		return nil, err
 	}

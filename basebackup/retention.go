@@ -126,11 +126,7 @@ func Retention(ctx context.Context, repo *storage.Repository, opts RetentionOpti
 		if err != nil {
 			return nil, err
 		}
-		defer func() {
-			rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			lock.Release(rctx)
-			cancel()
-		}()
+		defer lock.Close()
 	}
 	in, err := readRetentionInput(ctx, repo, cfg.WALSegmentSize)
 	if err != nil {

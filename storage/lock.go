@@ -152,6 +152,14 @@ func (l *Lock) Release(ctx context.Context) error {
 	return l.repo.b.Delete(ctx, l.key)
 }
 
+// Close releases the lock under its own 30-second deadline, so it still
+// runs when the command's context has ended (defer lock.Close()).
+func (l *Lock) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return l.Release(ctx)
+}
+
 // Stale reports whether the lock's holder is gone: on this host its
 // process has exited; on another, its heartbeat is older than the limit.
 func (i LockInfo) Stale() bool { return i.stale() }
