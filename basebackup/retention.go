@@ -324,7 +324,7 @@ func planWAL(wal *walIndex, kept []Info, res *RetentionResult) error {
 	skippedNewer := 0
 	for _, f := range wal.files {
 		switch f.kind {
-		case walSegment, walPartial, walBackupLabel:
+		case storage.WALSegment, storage.WALPartial, storage.WALBackupLabel:
 		default:
 			continue // history files and unknown names stay
 		}

@@ -124,7 +124,7 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 	if opts.Backup == "" {
 		v.checkTimelines(nil)
 		for _, f := range v.wal.files {
-			if f.kind != walHistory {
+			if f.kind != storage.WALHistory {
 				v.need(readCheck{key: f.Key, size: f.Size})
 			}
 		}
@@ -338,7 +338,7 @@ func (v *verifier) checkBackupWAL(b Info) {
 	var end uint64
 	haveEnd := false
 	for _, f := range v.wal.files {
-		if (f.kind != walSegment && f.kind != walPartial) || f.segno < first {
+		if (f.kind != storage.WALSegment && f.kind != storage.WALPartial) || f.segno < first {
 			continue
 		}
 		for _, s := range chain {
@@ -400,7 +400,7 @@ func (v *verifier) checkBackupWAL(b Info) {
 // check to those timelines (nil: all).
 func (v *verifier) checkTimelines(only map[uint32]bool) {
 	for _, f := range v.wal.files {
-		if f.kind != walSegment && f.kind != walPartial && f.kind != walBackupLabel {
+		if f.kind != storage.WALSegment && f.kind != storage.WALPartial && f.kind != storage.WALBackupLabel {
 			continue
 		}
 		if only != nil && !only[f.tli] {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
@@ -13,21 +12,11 @@ import (
 
 // The WAL index: what retention (delete) and verify know about wal/.
 
-type walKind int
-
-const (
-	walOther       walKind = iota // a name walkeeper does not know: never deleted
-	walSegment                    // a complete segment
-	walPartial                    // NAME.partial
-	walHistory                    // TTTTTTTT.history
-	walBackupLabel                // NAME.XXXXXXXX.backup, PostgreSQL's backup history file
-)
-
 // walFile is one object under wal/.
 type walFile struct {
 	storage.ObjectInfo
 	name  string // without the codec extension
-	kind  walKind
+	kind  storage.WALKind
 	tli   uint32
 	segno uint64
 }
@@ -47,26 +36,20 @@ type walIndex struct {
 }
 
 func classifyWAL(o storage.ObjectInfo, segSize uint64) walFile {
-	base, _, _ := storage.SplitExt(o.Key)
-	f := walFile{ObjectInfo: o, name: strings.TrimPrefix(base, storage.WALPrefix)}
-	seg := f.name
-	switch {
-	case storage.IsSegmentName(f.name):
-		f.kind = walSegment
-	case strings.HasSuffix(f.name, ".partial") && storage.IsSegmentName(strings.TrimSuffix(f.name, ".partial")):
-		f.kind, seg = walPartial, strings.TrimSuffix(f.name, ".partial")
-	case storage.IsHistoryName(f.name):
-		t, _ := strconv.ParseUint(f.name[:8], 16, 32)
-		f.kind, f.tli = walHistory, uint32(t)
+	f := walFile{ObjectInfo: o, name: storage.WALNameOf(o.Key)}
+	var seg string
+	f.kind, seg = storage.ParseWALName(f.name)
+	switch f.kind {
+	case storage.WALOther:
 		return f
-	case len(f.name) == 40 && f.name[24] == '.' && strings.HasSuffix(f.name, ".backup") && storage.IsSegmentName(f.name[:24]):
-		f.kind, seg = walBackupLabel, f.name[:24]
-	default:
+	case storage.WALHistory:
+		t, _ := strconv.ParseUint(f.name[:8], 16, 32)
+		f.tli = uint32(t)
 		return f
 	}
 	tli, segno, err := storage.ParseSegmentName(seg, segSize)
 	if err != nil {
-		f.kind = walOther
+		f.kind = storage.WALOther
 		return f
 	}
 	f.tli, f.segno = tli, segno
@@ -79,11 +62,11 @@ func listWAL(ctx context.Context, repo *storage.Repository, segSize uint64) (*wa
 		f := classifyWAL(o, segSize)
 		ix.files = append(ix.files, f)
 		switch f.kind {
-		case walSegment:
+		case storage.WALSegment:
 			ix.segments[segID{f.tli, f.segno}] = f
-		case walPartial:
+		case storage.WALPartial:
 			ix.partials[segID{f.tli, f.segno}] = f
-		case walHistory:
+		case storage.WALHistory:
 			ix.histories[f.tli] = f
 		}
 		return nil

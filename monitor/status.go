@@ -311,13 +311,14 @@ func collectRepository(ctx context.Context, repo *storage.Repository, now time.T
 		if !strings.HasPrefix(o.Key, storage.WALPrefix) {
 			return nil
 		}
-		base, _, _ := storage.SplitExt(o.Key)
-		name := strings.TrimPrefix(base, storage.WALPrefix)
-		partial := strings.HasSuffix(name, ".partial")
-		name = strings.TrimSuffix(name, ".partial")
+		kind, name := storage.ParseWALName(storage.WALNameOf(o.Key))
+		partial := kind == storage.WALPartial
+		if kind != storage.WALSegment && !partial {
+			return nil // history files, backup labels and anything else
+		}
 		tli, segno, err := storage.ParseSegmentName(name, segSize)
 		if err != nil {
-			return nil // history files and anything else
+			return nil
 		}
 		if partial {
 			out.WALPartials++

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/walkeeper/walkeeper/storage"
 )
 
 // Gauge is one sample of a node-exporter textfile: a metric without labels.
@@ -69,10 +71,7 @@ func WriteTextfile(path string, gauges []Gauge) error {
 		return fmt.Errorf("write metrics file: %w", err)
 	}
 	ok = true
-	if d, err := os.Open(dir); err == nil {
-		d.Sync() // best effort: the file is complete either way
-		d.Close()
-	}
+	storage.SyncDir(dir) // best effort: the file is complete either way
 	return nil
 }
 

@@ -60,20 +60,9 @@ func PrefetchDir(dest string) string {
 // file name at all.
 var ErrInvalidWALName = errors.New("invalid WAL file name")
 
-// walKind is what a requested or pushed file name is.
-type walKind int
-
-const (
-	walUnknown     walKind = iota // a plain file name of no WAL kind
-	walSegment                    // 000000010000000000000003
-	walPartial                    // 000000010000000000000003.partial
-	walHistory                    // 00000002.history
-	walBackupLabel                // 000000010000000000000003.00000028.backup
-)
-
 // classifyWALName tells what name is; it fails for names that are not plain
 // file names.
-func classifyWALName(name string) (walKind, error) {
+func classifyWALName(name string) (storage.WALKind, error) {
 	if name == "" || name == "." || name == ".." || strings.HasPrefix(name, ".") || len(name) > 255 {
 		return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidWALName, name)
 	}
@@ -83,37 +72,8 @@ func classifyWALName(name string) (walKind, error) {
 			return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidWALName, name)
 		}
 	}
-	switch {
-	case storage.IsSegmentName(name):
-		return walSegment, nil
-	case storage.IsHistoryName(name):
-		return walHistory, nil
-	case strings.HasSuffix(name, ".partial") && storage.IsSegmentName(strings.TrimSuffix(name, ".partial")):
-		return walPartial, nil
-	case isBackupLabelName(name):
-		return walBackupLabel, nil
-	}
-	return walUnknown, nil
-}
-
-// isBackupLabelName reports whether s looks like the backup history file
-// PostgreSQL archives at the end of a backup: the segment name, a dot, the
-// start offset in 8 hexadecimal digits, ".backup".
-func isBackupLabelName(s string) bool {
-	const suffix = ".backup"
-	if len(s) != 24+1+8+len(suffix) || !strings.HasSuffix(s, suffix) || s[24] != '.' {
-		return false
-	}
-	return storage.IsSegmentName(s[:24]) && isUpperHexDigits(s[25:33])
-}
-
-func isUpperHexDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'A' && c <= 'F') {
-			return false
-		}
-	}
-	return len(s) > 0
+	kind, _ := storage.ParseWALName(name)
+	return kind, nil
 }
 
 // FetchOptions configures FetchWAL.
@@ -157,10 +117,10 @@ func FetchWAL(ctx context.Context, repo *storage.Repository, name, dest string, 
 		return Fetched{}, err
 	}
 	res := Fetched{Name: name}
-	if kind == walUnknown {
+	if kind == storage.WALOther {
 		return res, fmt.Errorf("%s: not a WAL file name walkeeper stores: %w", name, storage.ErrNotFound)
 	}
-	if kind == walSegment && opts.Spool != "" {
+	if kind == storage.WALSegment && opts.Spool != "" {
 		ok, n, err := takeFromSpool(opts.Spool, name, dest)
 		if err != nil {
 			return res, err
@@ -188,7 +148,7 @@ func FetchWAL(ctx context.Context, repo *storage.Repository, name, dest string, 
 		}
 		return res, err
 	}
-	if kind == walSegment && opts.Spool != "" {
+	if kind == storage.WALSegment && opts.Spool != "" {
 		trimSpool(opts.Spool, name)
 	}
 	return res, nil
@@ -197,7 +157,7 @@ func FetchWAL(ctx context.Context, repo *storage.Repository, name, dest string, 
 // errWALVanished: an object listed a moment ago is gone.
 var errWALVanished = errors.New("object vanished")
 
-func fetchFromRepository(ctx context.Context, repo *storage.Repository, name string, kind walKind, dest string) (Fetched, error) {
+func fetchFromRepository(ctx context.Context, repo *storage.Repository, name string, kind storage.WALKind, dest string) (Fetched, error) {
 	res := Fetched{Name: name}
 	complete, partial, err := lookupWAL(ctx, repo, name)
 	if err != nil {
@@ -205,7 +165,7 @@ func fetchFromRepository(ctx context.Context, repo *storage.Repository, name str
 	}
 	var padTo int64
 	key := complete
-	if key == "" && kind == walSegment && partial != "" {
+	if key == "" && kind == storage.WALSegment && partial != "" {
 		newest, err := partialIsNewest(ctx, repo, name)
 		if err != nil {
 			return res, err
@@ -267,9 +227,8 @@ func partialIsNewest(ctx context.Context, repo *storage.Repository, name string)
 	prefix := storage.WALKey(name[:8])
 	errLater := errors.New("later WAL exists")
 	err := repo.Backend().List(ctx, prefix, func(o storage.ObjectInfo) error {
-		b, _, _ := storage.SplitExt(o.Key)
-		seg := strings.TrimSuffix(strings.TrimPrefix(b, storage.WALPrefix), ".partial")
-		if storage.IsSegmentName(seg) && seg[:8] == name[:8] && seg > name {
+		kind, seg := storage.ParseWALName(storage.WALNameOf(o.Key))
+		if (kind == storage.WALSegment || kind == storage.WALPartial) && seg[:8] == name[:8] && seg > name {
 			return errLater
 		}
 		return nil

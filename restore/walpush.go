@@ -74,7 +74,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 	name := filepath.Base(path)
 	res := Pushed{Name: name}
 	kind, err := classifyWALName(name)
-	if err == nil && kind == walUnknown {
+	if err == nil && kind == storage.WALOther {
 		err = fmt.Errorf("%w %q: wal-push stores WAL segments, .partial segments, timeline history files and backup history files",
 			ErrInvalidWALName, name)
 	}
@@ -122,7 +122,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 			res.Key, res.AlreadyStored = existing.Key, true
 			return res, nil
 		}
-		res.Replaced = kind == walPartial && match == storage.StoredIsPrefix
+		res.Replaced = kind == storage.WALPartial && match == storage.StoredIsPrefix
 		if !res.Replaced {
 			return res, fmt.Errorf("%w: %s is already in repository %s with different content: refusing to overwrite it "+
 				"(is another cluster, or a restored copy of this one, archiving into the same repository?)",
@@ -156,7 +156,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 			return res, err
 		}
 	}
-	if kind == walSegment {
+	if kind == storage.WALSegment {
 		// The complete segment supersedes its partials, as in `stream`.
 		_, partial, err := lookupWAL(ctx, repo, name)
 		if err == nil && partial != "" {
@@ -169,20 +169,20 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 // checkWALFile checks a file against the repository's identity before it
 // is stored: segments must be one segment long and their first page header
 // must name this cluster, this segment size and this segment's position.
-func checkWALFile(f *os.File, name string, kind walKind, size int64, cfg *storage.Config) error {
+func checkWALFile(f *os.File, name string, kind storage.WALKind, size int64, cfg *storage.Config) error {
 	segSize := int64(cfg.WALSegmentSize)
 	switch kind {
-	case walHistory, walBackupLabel:
+	case storage.WALHistory, storage.WALBackupLabel:
 		if size > maxSmallWALFileLen {
 			return fmt.Errorf("%s has %d bytes: too large for a history file", name, size)
 		}
 		return nil
-	case walSegment:
+	case storage.WALSegment:
 		if segSize > 0 && size != segSize {
 			return fmt.Errorf("%s has %d bytes, but this cluster's WAL segments have %d (repository %s): not a complete segment",
 				name, size, segSize, storage.ConfigKey)
 		}
-	case walPartial:
+	case storage.WALPartial:
 		if segSize > 0 && size > segSize {
 			return fmt.Errorf("%s has %d bytes, more than a WAL segment (%d)", name, size, segSize)
 		}

@@ -80,6 +80,42 @@ func IsHistoryName(s string) bool {
 	return len(s) == 16 && strings.HasSuffix(s, ".history") && isUpperHex(s[:8])
 }
 
+// WALKind says what a file under wal/ is, by its name.
+type WALKind int
+
+const (
+	WALOther       WALKind = iota // a name that is none of these
+	WALSegment                    // 000000010000000000000003
+	WALPartial                    // 000000010000000000000003.partial
+	WALHistory                    // 00000002.history
+	WALBackupLabel                // 000000010000000000000003.00000028.backup
+)
+
+// ParseWALName tells what the WAL file name (no wal/ prefix, no codec
+// extension) is and, for a segment, a partial or a backup label, the name of
+// the segment it belongs to.
+func ParseWALName(name string) (kind WALKind, segment string) {
+	switch {
+	case IsSegmentName(name):
+		return WALSegment, name
+	case IsHistoryName(name):
+		return WALHistory, ""
+	case strings.HasSuffix(name, ".partial") && IsSegmentName(strings.TrimSuffix(name, ".partial")):
+		return WALPartial, name[:24]
+	case len(name) == 24+1+8+len(".backup") && name[24] == '.' && strings.HasSuffix(name, ".backup") &&
+		IsSegmentName(name[:24]) && isUpperHex(name[25:33]):
+		return WALBackupLabel, name[:24]
+	}
+	return WALOther, ""
+}
+
+// WALNameOf is the WAL file name a stored key under wal/ holds: the key
+// without the prefix and the codec extension.
+func WALNameOf(key string) string {
+	base, _, _ := SplitExt(key)
+	return strings.TrimPrefix(base, WALPrefix)
+}
+
 func isUpperHex(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]

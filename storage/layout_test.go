@@ -57,3 +57,25 @@ func TestValidateKey(t *testing.T) {
 		}
 	}
 }
+
+func TestParseWALName(t *testing.T) {
+	for name, want := range map[string]struct {
+		kind WALKind
+		seg  string
+	}{
+		"000000010000000000000003":                 {WALSegment, "000000010000000000000003"},
+		"000000010000000000000003.partial":         {WALPartial, "000000010000000000000003"},
+		"00000002.history":                         {WALHistory, ""},
+		"000000010000000000000003.00000028.backup": {WALBackupLabel, "000000010000000000000003"},
+		"000000010000000000000003.0000002x.backup": {WALOther, ""},
+		"00000001000000000000000g":                 {WALOther, ""},
+		"walkeeper.json":                           {WALOther, ""},
+	} {
+		if k, seg := ParseWALName(name); k != want.kind || seg != want.seg {
+			t.Errorf("ParseWALName(%q) = %d, %q; want %d, %q", name, k, seg, want.kind, want.seg)
+		}
+	}
+	if got := WALNameOf("wal/000000010000000000000003.partial.zst"); got != "000000010000000000000003.partial" {
+		t.Errorf("WALNameOf = %q", got)
+	}
+}

@@ -3,7 +3,6 @@ package walstream
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
@@ -26,13 +25,15 @@ func newestWAL(ctx context.Context, repo *storage.Repository, segSize uint64) (r
 	var best repoEnd
 	var bestPartialKey string
 	err := repo.Backend().List(ctx, storage.WALPrefix, func(o storage.ObjectInfo) error {
-		base, _, _ := storage.SplitExt(o.Key)
-		name := strings.TrimPrefix(base, storage.WALPrefix)
-		partial := strings.HasSuffix(name, ".partial")
-		seg := strings.TrimSuffix(name, ".partial")
+		name := storage.WALNameOf(o.Key)
+		kind, seg := storage.ParseWALName(name)
+		partial := kind == storage.WALPartial
+		if kind != storage.WALSegment && !partial {
+			return nil // history files, backup labels and anything else
+		}
 		tli, segno, err := storage.ParseSegmentName(seg, segSize)
 		if err != nil {
-			return nil // history files and anything else
+			return nil
 		}
 		end := LSN((segno + 1) * segSize)
 		if partial {

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"time"
 
@@ -131,7 +130,8 @@ func deleteRun(c *cli.Context) (int64, error) {
 }
 
 // parseBefore parses --before: a time (RFC 3339, or UTC "2006-01-02
-// 15:04:05" / "2006-01-02") or an age ("7d", "36h", "90m") before now.
+// 15:04:05" / "2006-01-02") or an age before now, as parseAge reads it
+// ("7d", "36h", "2d12h").
 func parseBefore(s string, now time.Time) (time.Time, error) {
 	s = strings.TrimSpace(s)
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
@@ -142,13 +142,10 @@ func parseBefore(s string, now time.Time) (time.Time, error) {
 			return t, nil
 		}
 	}
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
-			return now.Add(-time.Duration(n) * 24 * time.Hour), nil
+	if s != "" {
+		if d, err := parseAge(s); err == nil {
+			return now.Add(-d), nil
 		}
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return now.Add(-d), nil
 	}
 	return time.Time{}, fmt.Errorf("%q is neither a time (2006-01-02T15:04:05Z, \"2006-01-02 15:04:05\") nor an age (7d, 168h)", s)
 }
