@@ -39,7 +39,14 @@ type ObjectInfo struct {
 //   - List calls fn exactly once for each object whose key starts with
 //     prefix, in lexical key order. If fn returns an error, List stops and
 //     returns it. Temporary files of unfinished Puts are never listed.
+//   - ListFrom is List restricted to the keys that sort after after
+//     (strictly); with after "" it is List. It costs what it returns, not
+//     what sorts before after: S3 starts the listing there (StartAfter),
+//     the local directory reads names only and stats only what it returns.
 //   - Delete removes the object. Deleting a missing key is not an error.
+//   - DeleteMany removes every key of keys (missing ones are no error); on
+//     S3 in batches of up to 1000 keys a request. On an error some keys may
+//     be deleted and others not; calling it again finishes the work.
 //
 // Every method honours ctx: cancellation or a deadline ends the call.
 type Backend interface {
@@ -47,7 +54,9 @@ type Backend interface {
 	Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error)
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	ListFrom(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error
 	Delete(ctx context.Context, key string) error
+	DeleteMany(ctx context.Context, keys []string) error
 	// String names the backend for log lines, e.g. "s3://bucket/prefix".
 	String() string
 }

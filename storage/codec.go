@@ -29,6 +29,10 @@ const (
 var codecNames = map[Codec]string{CodecNone: "none", CodecZstd: "zstd", CodecLZ4: "lz4", CodecGzip: "gzip", CodecS2: "s2"}
 var codecExts = map[Codec]string{CodecNone: "", CodecZstd: ".zst", CodecLZ4: ".lz4", CodecGzip: ".gz", CodecS2: ".s2"}
 
+// codecOrder lists every codec once, in a fixed order, for lookups that
+// probe each extension.
+var codecOrder = []Codec{CodecZstd, CodecLZ4, CodecNone, CodecGzip, CodecS2}
+
 // CodecNames lists the accepted --compression values.
 const CodecNames = "zstd, lz4, gzip, s2, none"
 

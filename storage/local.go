@@ -228,57 +228,99 @@ func (l *Local) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 
 // List walks the directory tree below the deepest directory named by prefix.
 func (l *Local) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
-	start := l.root
+	return l.ListFrom(ctx, prefix, "", fn)
+}
+
+// ListFrom reads directory entries by name only (no stat of each file),
+// keeps the keys that start with prefix and sort after after, sorts those
+// and stats only them. A lookup of one name in a directory of 100,000 files
+// therefore costs one pass over the names, not 100,000 stats.
+func (l *Local) ListFrom(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error {
+	dirKey, namePrefix := "", prefix
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
-		start = filepath.Join(l.root, filepath.FromSlash(prefix[:i]))
+		dirKey, namePrefix = prefix[:i+1], prefix[i+1:]
 	}
-	var infos []ObjectInfo
-	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
+	var keys []string
+	var walk func(dir, keyDir, need string) error
+	walk = func(dir, keyDir, need string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f, err := os.Open(dir)
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 				return nil
 			}
+			return err
+		}
+		entries, err := f.ReadDir(-1)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if strings.HasPrefix(name, ".") || !strings.HasPrefix(name, need) {
+				continue
+			}
+			key := keyDir + name
+			switch {
+			case e.IsDir():
+				// Every key below sorts after key+"/"; skip the subtree
+				// when all of it sorts before after.
+				if after != "" && key+"/" < after && !strings.HasPrefix(after, key+"/") {
+					continue
+				}
+				if err := walk(filepath.Join(dir, name), key+"/", ""); err != nil {
+					return err
+				}
+			case e.Type().IsRegular() && key > after:
+				keys = append(keys, key)
+			}
+		}
+		return nil
+	}
+	if err := walk(filepath.Join(l.root, filepath.FromSlash(dirKey)), dirKey, namePrefix); err != nil {
+		return classify(fmt.Errorf("list %s: %w", prefix, err))
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		st, err := os.Lstat(filepath.Join(l.root, filepath.FromSlash(key)))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted while listing
+			}
+			return classify(fmt.Errorf("list %s: %w", prefix, err))
+		}
+		if !st.Mode().IsRegular() {
+			continue
+		}
+		if err := fn(ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteMany deletes the keys one by one, fsyncing each directory once.
+func (l *Local) DeleteMany(ctx context.Context, keys []string) error {
+	dirs := map[string]bool{}
+	for _, key := range keys {
+		p, err := l.path(key)
+		if err != nil {
 			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if strings.HasPrefix(d.Name(), ".") && p != start {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return classify(fmt.Errorf("delete %s: %w", key, err))
 		}
-		if d.IsDir() || !d.Type().IsRegular() {
-			return nil
-		}
-		rel, err := filepath.Rel(l.root, p)
-		if err != nil {
-			return err
-		}
-		key := filepath.ToSlash(rel)
-		if !strings.HasPrefix(key, prefix) {
-			return nil
-		}
-		st, err := d.Info()
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil // deleted while listing
-			}
-			return err
-		}
-		infos = append(infos, ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()})
-		return nil
-	})
-	if err != nil {
-		return classify(fmt.Errorf("list %s: %w", prefix, err))
+		dirs[filepath.Dir(p)] = true
 	}
-	// WalkDir visits in lexical order of path elements, which differs from
-	// lexical key order when names contain characters below '/'.
-	sort.Slice(infos, func(i, j int) bool { return infos[i].Key < infos[j].Key })
-	for _, info := range infos {
-		if err := fn(info); err != nil {
-			return err
+	for d := range dirs {
+		if err := syncDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return classify(err)
 		}
 	}
 	return nil

@@ -78,10 +78,15 @@ func (m *Memory) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 
 // List calls fn for a snapshot of the matching keys, in order.
 func (m *Memory) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	return m.ListFrom(ctx, prefix, "", fn)
+}
+
+// ListFrom is List of the keys after after.
+func (m *Memory) ListFrom(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error {
 	m.mu.Lock()
 	var infos []ObjectInfo
 	for k, o := range m.objects {
-		if strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, prefix) && k > after {
 			infos = append(infos, ObjectInfo{Key: k, Size: int64(len(o.data)), ModTime: o.modTime})
 		}
 	}
@@ -103,6 +108,16 @@ func (m *Memory) Delete(ctx context.Context, key string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.objects, key)
+	return nil
+}
+
+// DeleteMany removes the keys present.
+func (m *Memory) DeleteMany(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		if err := m.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -39,10 +39,31 @@ func (r *Repository) Create(ctx context.Context, base string) (*Writer, error) {
 }
 
 // Find returns the stored key of the object base, whatever codec it was
-// written with, or an error matching ErrNotFound.
+// written with, or an error matching ErrNotFound. Its cost does not depend
+// on how many objects the repository holds: it stats the name with this
+// repository's codec extension first; then, on a backend where a stat is
+// cheap (the local directory), the other extensions; elsewhere (S3) it
+// lists the keys that start with base, which the server answers from an
+// index.
 func (r *Repository) Find(ctx context.Context, base string) (ObjectInfo, error) {
+	info, err := r.b.Stat(ctx, base+r.codec.Ext())
+	if !errors.Is(err, ErrNotFound) {
+		return info, err
+	}
+	if _, ok := r.b.(cheapStat); ok {
+		for _, c := range codecOrder {
+			if c == r.codec {
+				continue
+			}
+			info, err := r.b.Stat(ctx, base+c.Ext())
+			if !errors.Is(err, ErrNotFound) {
+				return info, err
+			}
+		}
+		return ObjectInfo{}, fmt.Errorf("%s: %w", base, ErrNotFound)
+	}
 	var found *ObjectInfo
-	err := r.b.List(ctx, base, func(o ObjectInfo) error {
+	err = r.b.List(ctx, base, func(o ObjectInfo) error {
 		if b, _, _ := SplitExt(o.Key); b == base && found == nil {
 			found = &o
 		}
@@ -56,6 +77,13 @@ func (r *Repository) Find(ctx context.Context, base string) (ObjectInfo, error) 
 	}
 	return *found, nil
 }
+
+// cheapStat marks a backend whose Stat is a local system call, so probing
+// a few names beats a listing.
+type cheapStat interface{ cheapStat() }
+
+func (*Local) cheapStat()  {}
+func (*Memory) cheapStat() {}
 
 // Open opens the stored object key (as listed, with its extension) for a
 // verified read.

@@ -402,10 +402,20 @@ func (b *S3) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 
 // List pages through ListObjectsV2 (1000 keys a page).
 func (b *S3) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
-	p := s3.NewListObjectsV2Paginator(b.client, &s3.ListObjectsV2Input{
+	return b.ListFrom(ctx, prefix, "", fn)
+}
+
+// ListFrom starts ListObjectsV2 after the key after (StartAfter), so the
+// keys before it cost nothing.
+func (b *S3) ListFrom(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error {
+	in := &s3.ListObjectsV2Input{
 		Bucket: aws.String(b.opts.Bucket),
 		Prefix: aws.String(b.opts.Prefix + prefix),
-	})
+	}
+	if after != "" {
+		in.StartAfter = aws.String(b.opts.Prefix + after)
+	}
+	p := s3.NewListObjectsV2Paginator(b.client, in)
 	for p.HasMorePages() {
 		cctx, cancel := b.callCtx(ctx)
 		page, err := p.NextPage(cctx)
@@ -443,4 +453,40 @@ func (b *S3) Delete(ctx context.Context, key string) error {
 		return nil
 	}
 	return err
+}
+
+// deleteBatch is the most keys one DeleteObjects request takes.
+const deleteBatch = 1000
+
+// DeleteMany removes keys with DeleteObjects, up to 1000 keys a request.
+// A key the server reports it could not delete is an error.
+func (b *S3) DeleteMany(ctx context.Context, keys []string) error {
+	for len(keys) > 0 {
+		n := min(len(keys), deleteBatch)
+		batch := keys[:n]
+		keys = keys[n:]
+		ids := make([]types.ObjectIdentifier, 0, len(batch))
+		for _, key := range batch {
+			k, err := b.key(key)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, types.ObjectIdentifier{Key: aws.String(k)})
+		}
+		cctx, cancel := b.callCtx(ctx)
+		out, err := b.client.DeleteObjects(cctx, &s3.DeleteObjectsInput{
+			Bucket: aws.String(b.opts.Bucket),
+			Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
+		})
+		cancel()
+		if err != nil {
+			return classifyS3("delete", batch[0], err)
+		}
+		if len(out.Errors) > 0 {
+			e := out.Errors[0]
+			return fmt.Errorf("delete %s: %s: %s (%d of %d keys of the request failed)",
+				strings.TrimPrefix(aws.ToString(e.Key), b.opts.Prefix), aws.ToString(e.Code), aws.ToString(e.Message), len(out.Errors), len(batch))
+		}
+	}
+	return nil
 }

@@ -147,6 +147,16 @@ func (p prefixed) List(ctx context.Context, prefix string, fn func(storage.Objec
 	})
 }
 
+func (p prefixed) ListFrom(ctx context.Context, prefix, after string, fn func(storage.ObjectInfo) error) error {
+	if after != "" {
+		after = p.prefix + after
+	}
+	return p.Backend.ListFrom(ctx, p.prefix+prefix, after, func(o storage.ObjectInfo) error {
+		o.Key = strings.TrimPrefix(o.Key, p.prefix)
+		return fn(o)
+	})
+}
+
 // TestStreamSurvivesServerRestart restarts PostgreSQL under walkeeper and
 // checks that it reconnects and the archive has no gap.
 func TestStreamSurvivesServerRestart(t *testing.T) {

@@ -287,6 +287,45 @@ func testListMany(t *testing.T, b storage.Backend) {
 	if err := b.List(ctxT(t), "many/", func(storage.ObjectInfo) error { count++; return stop }); err != stop || count != 1 {
 		t.Errorf("List did not stop at the callback's error: %v after %d", err, count)
 	}
+
+	// ListFrom: only keys strictly after the given one, still in order,
+	// across pages and directories.
+	listFrom := func(prefix, after string) []string {
+		t.Helper()
+		var out []string
+		if err := b.ListFrom(ctxT(t), prefix, after, func(o storage.ObjectInfo) error {
+			out = append(out, o.Key)
+			return nil
+		}); err != nil {
+			t.Fatalf("ListFrom(%q, %q): %v", prefix, after, err)
+		}
+		return out
+	}
+	if got := listFrom("many/", "many/00499"); len(got) != n-500 || got[0] != "many/00500" || got[len(got)-1] != fmt.Sprintf("many/%05d", n-1) {
+		t.Errorf("ListFrom(many/, many/00499): %d keys from %v, want %d from many/00500", len(got), got[:min(len(got), 1)], n-500)
+	}
+	if got := listFrom("many", "many/99999"); fmt.Sprint(got) != "[manyother/x]" {
+		t.Errorf("ListFrom(many, many/99999) = %v, want [manyother/x]", got)
+	}
+	if got := listFrom("", fmt.Sprintf("many/%05d", n-2)); fmt.Sprint(got) != fmt.Sprintf("[many/%05d manyother/x]", n-1) {
+		t.Errorf("ListFrom(\"\", many/%05d) = %v", n-2, got)
+	}
+	if got := listFrom("many/", ""); len(got) != n {
+		t.Errorf("ListFrom with no start listed %d keys, want %d", len(got), n)
+	}
+
+	// DeleteMany: more keys than one S3 request takes, and a missing one.
+	var del []string
+	for i := range n - 50 {
+		del = append(del, fmt.Sprintf("many/%05d", i))
+	}
+	del = append(del, "many/missing")
+	if err := b.DeleteMany(ctxT(t), del); err != nil {
+		t.Fatalf("DeleteMany: %v", err)
+	}
+	if got := listFrom("many/", ""); len(got) != 50 || got[0] != fmt.Sprintf("many/%05d", n-50) {
+		t.Errorf("after DeleteMany %d keys are left (first %v), want 50", len(got), got[:min(len(got), 1)])
+	}
 }
 
 // peakHeap samples the heap until stop is closed and returns the peak.
