@@ -16,6 +16,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // WAL modes: how a backup gets the WAL from its start to its stop LSN.
@@ -411,22 +412,16 @@ func (b *backup) haveSegment(ctx context.Context, segno uint64, res result, last
 	if res.stopTLI != res.startTLI {
 		tlis = append(tlis, res.stopTLI)
 	}
+	var upTo replication.LSN
+	if last {
+		upTo = res.stopLSN
+	}
 	var name string
 	for _, tli := range tlis {
-		name = storage.SegmentName(tli, segno, b.sys.SegSize)
-		if _, err := b.opts.Repo.Find(ctx, storage.WALKey(name)); err == nil {
-			return true, name, nil
-		} else if !errors.Is(err, storage.ErrNotFound) {
-			return false, name, err
-		}
-		if last {
-			info, err := b.opts.Repo.Find(ctx, storage.WALKey(name+".partial"))
-			if err == nil {
-				m, err := b.opts.Repo.Meta(ctx, info.Key)
-				if err == nil && segno*b.sys.SegSize+uint64(m.Size) >= uint64(res.stopLSN) {
-					return true, name, nil
-				}
-			}
+		name = archive.SegmentName(tli, segno, b.sys.SegSize)
+		ok, err := archive.Reaches(ctx, b.opts.Repo, tli, segno, b.sys.SegSize, upTo)
+		if ok || err != nil {
+			return ok, name, err
 		}
 	}
 	return false, name, nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // Retention (walkeeper delete). The rules, also in docs/retention.md:
@@ -148,10 +149,8 @@ func Retention(ctx context.Context, repo *storage.Repository, opts RetentionOpti
 		}
 		log.Info("deleted backup", "backup", b.ID, "complete", b.Complete, "objects", b.Objects, "bytes", b.Bytes)
 	}
-	for _, k := range res.WAL.keys {
-		if err := repo.Backend().Delete(ctx, k); err != nil {
-			return res, fmt.Errorf("delete WAL: %w (run delete again to finish)", err)
-		}
+	if err := repo.Backend().DeleteMany(ctx, res.WAL.keys); err != nil {
+		return res, fmt.Errorf("delete WAL: %w (run delete again to finish)", err)
 	}
 	if res.WAL.Objects > 0 {
 		log.Info("deleted WAL", "objects", res.WAL.Objects, "bytes", res.WAL.Bytes, "first", res.WAL.First, "last", res.WAL.Last)
@@ -163,7 +162,7 @@ func Retention(ctx context.Context, repo *storage.Repository, opts RetentionOpti
 type retentionInput struct {
 	backups []Info
 	objects map[string][]storage.ObjectInfo // by backup ID
-	wal     *walIndex
+	wal     *archive.Index
 	lock    *storage.LockInfo // the backup lock, if held
 }
 
@@ -176,7 +175,7 @@ func readRetentionInput(ctx context.Context, repo *storage.Repository, segSize u
 	if in.objects, err = backupObjects(ctx, repo); err != nil {
 		return in, err
 	}
-	if in.wal, err = listWAL(ctx, repo, segSize); err != nil {
+	if in.wal, err = archive.Load(ctx, repo, segSize); err != nil {
 		return in, err
 	}
 	var li storage.LockInfo
@@ -302,7 +301,7 @@ func removal(b Info, objs []storage.ObjectInfo) RemovedBackup {
 }
 
 // planWAL picks the WAL objects below every kept backup's start segment.
-func planWAL(wal *walIndex, kept []Info, res *RetentionResult) error {
+func planWAL(wal *archive.Index, kept []Info, res *RetentionResult) error {
 	if len(kept) == 0 {
 		res.Notes = append(res.Notes, "no complete backup is kept: WAL is left as it is")
 		return nil
@@ -314,35 +313,35 @@ func planWAL(wal *walIndex, kept []Info, res *RetentionResult) error {
 		if err != nil {
 			return fmt.Errorf("backup %s: start LSN: %w; no WAL can be judged, nothing was deleted", b.ID, err)
 		}
-		seg := uint64(lsn) / wal.segSize
+		seg := uint64(lsn) / wal.SegSize
 		if i == 0 || seg < cutoff {
 			cutoff, cutoffTLI = seg, b.Meta.Timeline
 		}
 		maxTLI = max(maxTLI, b.Meta.Timeline)
 	}
-	res.WAL.Cutoff = storage.SegmentName(max(cutoffTLI, 1), cutoff, wal.segSize)
+	res.WAL.Cutoff = archive.SegmentName(max(cutoffTLI, 1), cutoff, wal.SegSize)
 	skippedNewer := 0
-	for _, f := range wal.files {
-		switch f.kind {
-		case storage.WALSegment, storage.WALPartial, storage.WALBackupLabel:
+	for _, f := range wal.Objects {
+		switch f.Name.Kind {
+		case archive.Segment, archive.Partial, archive.BackupLabel:
 		default:
 			continue // history files and unknown names stay
 		}
-		if f.segno >= cutoff {
+		if f.Name.Seg >= cutoff {
 			continue
 		}
-		if f.tli > maxTLI {
+		if f.Name.TLI > maxTLI {
 			skippedNewer++
 			continue
 		}
 		res.WAL.keys = append(res.WAL.keys, f.Key)
 		res.WAL.Objects++
 		res.WAL.Bytes += f.Size
-		if res.WAL.First == "" || f.name < res.WAL.First {
-			res.WAL.First = f.name
+		if res.WAL.First == "" || f.File < res.WAL.First {
+			res.WAL.First = f.File
 		}
-		if f.name > res.WAL.Last {
-			res.WAL.Last = f.name
+		if f.File > res.WAL.Last {
+			res.WAL.Last = f.File
 		}
 	}
 	if skippedNewer > 0 {

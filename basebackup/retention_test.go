@@ -11,6 +11,7 @@ import (
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/basebackup/backuptest"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 func memRepo() *storage.Repository {
@@ -168,7 +169,7 @@ func TestRetentionLeavesNewerTimelines(t *testing.T) {
 	ctx := context.Background()
 	repo := memRepo()
 	ids, _ := backuptest.TimelineHistory(t, repo)
-	backuptest.WAL(t, repo, storage.HistoryName(3), "1\t0/3000000\tbranch\n")
+	backuptest.WAL(t, repo, archive.HistoryName(3), "1\t0/3000000\tbranch\n")
 	backuptest.Segments(t, repo, 3, 3, 4)
 	res, err := basebackup.Retention(ctx, repo, basebackup.RetentionOptions{Retain: 2})
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // Verify (walkeeper verify) re-reads the repository and reports what is
@@ -34,7 +35,6 @@ const (
 	ProblemMissingHistory = "missing-history"   // WAL on timeline T > 1 without T.history
 	ProblemBadHistory     = "bad-history"       // a history file that does not parse
 	ProblemHistory        = "history-conflict"  // history files disagree
-	ProblemAfterSwitch    = "wal-after-switch"  // a segment after its timeline's end per a history file
 )
 
 // Problem is one finding.
@@ -85,7 +85,7 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 		return nil, err
 	}
 	v := &verifier{repo: repo, opts: opts, seg: cfg.WALSegmentSize, seen: map[string]bool{},
-		report: &VerifyReport{Problems: []Problem{}}, hist: map[uint32][]replication.HistoryEntry{}, ends: map[uint32]tlEnd{}}
+		report: &VerifyReport{Problems: []Problem{}}}
 	infos, err := List(ctx, repo)
 	if err != nil {
 		return nil, err
@@ -94,7 +94,7 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 	if err != nil {
 		return nil, err
 	}
-	if v.wal, err = listWAL(ctx, repo, v.seg); err != nil {
+	if v.wal, err = archive.Load(ctx, repo, v.seg); err != nil {
 		return nil, err
 	}
 	if opts.Backup != "" {
@@ -115,16 +115,16 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 		lock = &li
 	}
 
-	if err := v.readHistories(ctx); err != nil {
-		return nil, err
-	}
+	v.checkHistories()
 	for _, b := range infos {
-		v.checkBackup(b, objects[b.ID], lock)
+		if err := v.checkBackup(ctx, b, objects[b.ID], lock); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Backup == "" {
 		v.checkTimelines(nil)
-		for _, f := range v.wal.files {
-			if f.kind != storage.WALHistory {
+		for _, f := range v.wal.Objects {
+			if f.Name.Kind != archive.History {
 				v.need(readCheck{key: f.Key, size: f.Size})
 			}
 		}
@@ -140,18 +140,11 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 	return r, nil
 }
 
-type tlEnd struct {
-	end  replication.LSN
-	from string // the history file that says so
-}
-
 type verifier struct {
 	repo *storage.Repository
 	opts VerifyOptions
 	seg  uint64
-	wal  *walIndex
-	hist map[uint32][]replication.HistoryEntry // parsed history files by timeline
-	ends map[uint32]tlEnd                      // where each ancestor timeline ended
+	wal  *archive.Index
 	// chainTLIs are the timelines the checked backups' WAL runs on.
 	chainTLIs map[uint32]bool
 
@@ -187,60 +180,30 @@ func (v *verifier) need(c readCheck) {
 	v.reads = append(v.reads, c)
 }
 
-// readHistories reads every history file (they are small) and checks that
-// they agree on where each timeline ended.
-func (v *verifier) readHistories(ctx context.Context) error {
-	for _, tli := range sortedTimelines(v.wal.histories) {
-		f := v.wal.histories[tli]
-		content, err := v.readSmall(ctx, f.Key)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			v.readProblem(f.Key, err)
-			continue
-		}
-		h, err := replication.ParseHistory(content)
-		if err == nil && len(h) > 0 && h[len(h)-1].TLI >= tli {
-			err = fmt.Errorf("it names timeline %d as an ancestor of timeline %d", h[len(h)-1].TLI, tli)
-		}
-		if err != nil {
-			v.problem(ProblemBadHistory, f.Key, "%v", err)
-			continue
-		}
-		v.hist[tli] = h
-		for _, e := range h {
-			if prev, ok := v.ends[e.TLI]; ok && prev.end != e.Switchpoint {
-				v.problem(ProblemHistory, f.Key, "says timeline %d ended at %s, %s says %s", e.TLI, e.Switchpoint, prev.from, prev.end)
-				continue
-			}
-			v.ends[e.TLI] = tlEnd{end: e.Switchpoint, from: f.name}
+// checkHistories reports the history files the archive index could not
+// read or parse, and those that disagree on where a timeline ended; the
+// ones it read count as checked.
+func (v *verifier) checkHistories() {
+	for _, t := range v.wal.Graph.Timelines() {
+		if o, ok := v.wal.HistoryObject(t); ok && v.wal.HistoryErrors[o.Key] == nil {
+			v.report.ObjectsChecked++
+			v.report.BytesRead += o.Size
 		}
 	}
-	return nil
-}
-
-// readSmall reads a small object in full, verifying it.
-func (v *verifier) readSmall(ctx context.Context, key string) ([]byte, error) {
-	r, err := v.repo.Open(ctx, key)
-	if err != nil {
-		return nil, err
+	for key, err := range v.wal.HistoryErrors {
+		if errors.Is(err, archive.ErrBadHistory) {
+			v.problem(ProblemBadHistory, key, "%v", err)
+		} else {
+			v.readProblem(key, err)
+		}
 	}
-	defer r.Close()
-	data, err := io.ReadAll(io.LimitReader(r, 1<<20))
-	if err == nil {
-		_, err = io.Copy(io.Discard, r)
+	for _, c := range v.wal.Graph.Conflicts {
+		key := archive.Key(c.File)
+		if o, ok := v.wal.HistoryObject(c.FileTLI); ok {
+			key = o.Key
+		}
+		v.problem(ProblemHistory, key, "%s", c)
 	}
-	if err != nil {
-		return nil, err
-	}
-	v.mu.Lock()
-	v.report.ObjectsChecked++
-	if info, err := v.repo.Backend().Stat(ctx, key); err == nil {
-		v.report.BytesRead += info.Size
-	}
-	v.mu.Unlock()
-	return data, nil
 }
 
 func (v *verifier) readProblem(key string, err error) {
@@ -256,7 +219,7 @@ func (v *verifier) readProblem(key string, err error) {
 
 // checkBackup checks one backup's objects against backup.json and the WAL
 // it needs; reads are scheduled for readAll.
-func (v *verifier) checkBackup(b Info, objs []storage.ObjectInfo, lock *storage.LockInfo) {
+func (v *verifier) checkBackup(ctx context.Context, b Info, objs []storage.ObjectInfo, lock *storage.LockInfo) error {
 	stored := map[string]storage.ObjectInfo{}
 	for _, o := range objs {
 		stored[o.Key] = o
@@ -287,134 +250,123 @@ func (v *verifier) checkBackup(b Info, objs []storage.ObjectInfo, lock *storage.
 			}
 			v.need(readCheck{key: o.Key, size: info.Size, want: o, manifest: o.Name == "backup_manifest"})
 		}
-		v.checkBackupWAL(b)
+		if err := v.checkBackupWAL(ctx, b); err != nil {
+			return err
+		}
 	}
 	for _, o := range objs {
 		if !listed[o.Key] {
 			v.need(readCheck{key: o.Key, size: o.Size})
 		}
 	}
+	return nil
 }
 
-// checkBackupWAL checks that the WAL the backup needs, from its start (or,
-// when the backup carries its own WAL, its stop) to the newest WAL stored
-// on its line of timelines, has no gap.
-func (v *verifier) checkBackupWAL(b Info) {
+// checkBackupWAL checks that the WAL the backup needs has no gap along the
+// path recovery takes from it: from its start (or, when the backup carries
+// its own WAL, its stop) to where the archive must reach on the newest
+// timeline that descends from the backup (archive.Index.Target).
+func (v *verifier) checkBackupWAL(ctx context.Context, b Info) error {
 	m := b.Meta
 	start, err1 := replication.ParseLSN(m.StartLSN)
 	stop, err2 := replication.ParseLSN(m.StopLSN)
 	if err := errors.Join(err1, err2); err != nil {
 		v.problem(ProblemBadBackupJSON, storage.BackupMetaKey(b.ID), "%v", err)
-		return
+		return nil
 	}
 	tli := max(m.Timeline, 1)
-	// Follow the newest timeline that branched from the backup's timeline
-	// at or after its start: that is where recovery goes (latest).
-	target := tli
-	for t, h := range v.hist {
-		if t <= target {
-			continue
-		}
-		for _, e := range h {
-			if e.TLI == tli && e.Switchpoint >= start {
-				target = t
-			}
-		}
+	g := v.wal.Graph
+	if !g.Known(tli) {
+		v.problem(ProblemMissingHistory, archive.Key(archive.HistoryName(tli)), "backup %s is on timeline %d, whose history file is missing or unreadable", b.ID, tli)
 	}
-	if tli > 1 && v.hist[tli] == nil {
-		v.problem(ProblemMissingHistory, storage.WALKey(storage.HistoryName(tli)), "backup %s is on timeline %d, whose history file is missing or unreadable", b.ID, tli)
-	}
-	chain := timelineChain(target, v.hist[target])
+	path := g.Path(g.NewestFrom(tli, start))
 	if v.chainTLIs == nil {
 		v.chainTLIs = map[uint32]bool{}
 	}
-	for _, s := range chain {
-		v.chainTLIs[s.tli] = true
+	for _, s := range path {
+		v.chainTLIs[s.TLI] = true
 	}
 	first := uint64(start) / v.seg
 	if m.WAL == WALInclude {
 		first = uint64(stop) / v.seg
 	}
-	var end uint64
-	haveEnd := false
-	for _, f := range v.wal.files {
-		if (f.kind != storage.WALSegment && f.kind != storage.WALPartial) || f.segno < first {
-			continue
+	reach, err := v.wal.Target(ctx, v.repo, path)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		for _, s := range chain {
-			if f.tli == s.tli && f.segno >= uint64(s.begin)/v.seg && (s.open || f.segno <= uint64(s.end)/v.seg) {
-				if !haveEnd || f.segno > end {
-					end, haveEnd = f.segno, true
-				}
-			}
-		}
+		v.readProblem(reach.Newest.Object.Key, err)
 	}
+	end, haveEnd := reach.Seg, reach.Found
 	if m.WAL != WALInclude && stop > 0 {
 		if last := uint64(stop-1) / v.seg; !haveEnd || last > end {
 			end, haveEnd = last, true
 		}
 	}
-	if !haveEnd {
-		return
+	if !haveEnd || end < first {
+		return nil
 	}
-	var gapFrom string
-	gapLen := 0
-	flush := func(last string) {
-		if gapLen == 0 {
-			return
+	for _, gap := range v.wal.Gaps(path, first, end, 0) {
+		firstName, _ := gap.Names(v.seg)
+		detail := fmt.Sprintf("%s missing: recovery from backup %s (start %s, timeline %d) stops before the gap",
+			gap.Describe(v.seg), b.ID, m.StartLSN, m.Timeline)
+		if reach.Tail && gap.LastTLI == path.Last().TLI {
+			detail = fmt.Sprintf("%s missing: timeline %d began at %s, and the archive holds none of its WAL but the WAL of an older timeline past that point; "+
+				"a restore of backup %s to the latest timeline would replay that abandoned WAL; take a new base backup on timeline %d",
+				gap.Describe(v.seg), path.Last().TLI, path.Last().Begin, b.ID, path.Last().TLI)
 		}
-		what := fmt.Sprintf("segment %s is", gapFrom)
-		if gapLen > 1 {
-			what = fmt.Sprintf("%d segments %s .. %s are", gapLen, gapFrom, last)
-		}
-		v.problem(ProblemMissingWAL, storage.WALKey(gapFrom), "%s missing: recovery from backup %s (start %s, timeline %d) stops before the gap",
-			what, b.ID, m.StartLSN, m.Timeline)
-		gapLen = 0
+		v.problem(ProblemMissingWAL, archive.Key(firstName), "%s", detail)
 	}
-	var lastMissing string
-	for segno := first; segno <= end; segno++ {
-		t := tliForSegment(chain, segno, v.seg)
-		if f, ok := v.wal.segments[segID{t, segno}]; ok {
-			flush(lastMissing)
+	for seg := first; seg <= end; seg++ {
+		t := path.Owner(seg, v.seg)
+		if f, ok := v.wal.Segment(t, seg); ok {
 			v.need(readCheck{key: f.Key, size: f.Size})
-			continue
-		}
-		if f, ok := v.wal.partials[segID{t, segno}]; ok && segno == end {
-			flush(lastMissing)
+		} else if f, ok := v.wal.PartialOf(t, seg); ok && seg == end {
 			v.need(readCheck{key: f.Key, size: f.Size})
-			continue
 		}
-		name := storage.SegmentName(t, segno, v.seg)
-		if gapLen == 0 {
-			gapFrom = name
-		}
-		gapLen++
-		lastMissing = name
 	}
-	flush(lastMissing)
+	return nil
 }
 
 // checkTimelines checks the WAL against the history files: WAL on a
-// timeline above 1 needs its history file, and no segment may lie after
-// the point where a history file says its timeline ended. only limits the
-// check to those timelines (nil: all).
+// timeline above 1 needs its history file. WAL of a timeline past the
+// point where a history file says it ended is the abandoned tail of a
+// failover: normal, and one note per timeline. only limits the check to
+// those timelines (nil: all).
 func (v *verifier) checkTimelines(only map[uint32]bool) {
-	for _, f := range v.wal.files {
-		if f.kind != storage.WALSegment && f.kind != storage.WALPartial && f.kind != storage.WALBackupLabel {
+	tails := map[uint32]int{}
+	for _, f := range v.wal.Objects {
+		n := f.Name
+		if n.Kind != archive.Segment && n.Kind != archive.Partial && n.Kind != archive.BackupLabel {
 			continue
 		}
-		if only != nil && !only[f.tli] {
+		if only != nil && !only[n.TLI] {
 			continue
 		}
-		if f.tli > 1 {
-			if _, ok := v.wal.histories[f.tli]; !ok {
-				v.problem(ProblemMissingHistory, storage.WALKey(storage.HistoryName(f.tli)), "WAL on timeline %d is stored (%s), but not its history file", f.tli, f.name)
+		if n.TLI > 1 && !v.wal.Graph.Known(n.TLI) {
+			if _, ok := v.wal.HistoryObject(n.TLI); !ok {
+				v.problem(ProblemMissingHistory, archive.Key(archive.HistoryName(n.TLI)), "WAL on timeline %d is stored (%s), but not its history file", n.TLI, f.File)
 			}
 		}
-		if e, ok := v.ends[f.tli]; ok && f.segno > uint64(e.end)/v.seg {
-			v.problem(ProblemAfterSwitch, f.Key, "%s says timeline %d ended at %s, but this WAL lies after that point", e.from, f.tli, e.end)
+		if end, _, ok := v.wal.Graph.EndOf(n.TLI); ok && n.Seg > uint64(end)/v.seg {
+			tails[n.TLI]++
 		}
 	}
+	for _, t := range sortedTimelines(tails) {
+		end, from, _ := v.wal.Graph.EndOf(t)
+		v.report.Notes = append(v.report.Notes, fmt.Sprintf("timeline %d: %d WAL objects lie past its end at %s (where timeline %d began): "+
+			"the old primary's WAL after a failover, which no restore to a newer timeline reads; 'walkeeper delete' removes them with the backups that precede them",
+			t, tails[t], end, from))
+	}
+}
+
+func sortedTimelines[V any](m map[uint32]V) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for t := range m {
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }
 
 // readAll reads the scheduled objects in parallel, each streamed to its

@@ -76,9 +76,11 @@ func TestVerifyFindsFaults(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, basebackup.ProblemBadBackupJSON, "backups/" + ids3 + "/backup.json"},
+		// Timeline 2 now begins in segment 6: its segments 6 and 7 are
+		// missing, and timeline 1's segments 6 and 7 do not fill the hole.
 		{"history contradicts segments", func(t *testing.T, repo *storage.Repository, ids []string) {
 			backuptest.Replace(t, repo, "wal/00000002.history.zst", "1\t0/6000000\tno recovery target specified\n")
-		}, basebackup.ProblemAfterSwitch, "wal/000000010000000000000007.zst"},
+		}, basebackup.ProblemMissingWAL, "wal/000000020000000000000006"},
 		{"history missing", func(t *testing.T, repo *storage.Repository, ids []string) {
 			repo.Backend().Delete(context.Background(), "wal/00000002.history.zst")
 		}, basebackup.ProblemMissingHistory, "wal/00000002.history"},

@@ -7,13 +7,11 @@ import (
 	"io"
 	"sort"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/internal/units"
 	"github.com/walkeeper/walkeeper/storage"
@@ -72,7 +70,9 @@ type RepositoryStatus struct {
 	BackupsComplete   int            `json:"backups_complete"`
 	BackupsIncomplete int            `json:"backups_incomplete"`
 	NewestBackup      *BackupSummary `json:"newest_backup,omitempty"`
-	// WALSegments counts complete segments; WALPartials .partial objects.
+	// WALSegments counts complete segments, WALPartials .partial objects,
+	// from WALGapsFrom on (the WAL the complete backups need; all of it
+	// when there is no backup): older objects are not listed.
 	WALSegments int         `json:"wal_segments"`
 	WALPartials int         `json:"wal_partials"`
 	NewestWAL   *WALSummary `json:"newest_wal,omitempty"`
@@ -81,7 +81,8 @@ type RepositoryStatus struct {
 	// carries its own WAL), else the oldest stored segment.
 	WALGapsFrom string   `json:"wal_gaps_from,omitempty"`
 	WALGaps     []WALGap `json:"wal_gaps"`
-	// Objects and StoredBytes count every object in the repository.
+	// Objects and StoredBytes count the backups' objects and the WAL
+	// objects from WALGapsFrom on.
 	Objects     int   `json:"objects"`
 	StoredBytes int64 `json:"stored_bytes"`
 }
@@ -276,197 +277,6 @@ func roundAge(d time.Duration) time.Duration {
 
 func seconds(d time.Duration) float64 {
 	return float64(d.Round(time.Millisecond)) / float64(time.Second)
-}
-
-// walObject is one stored WAL segment or partial segment.
-type walObject struct {
-	key     string
-	name    string // without .partial
-	tli     uint32
-	segno   uint64
-	partial bool
-	info    storage.ObjectInfo
-}
-
-func collectRepository(ctx context.Context, repo *storage.Repository, now time.Time, out *RepositoryStatus) error {
-	out.Location = repo.String()
-	out.WALGaps = []WALGap{}
-	cfg, err := repo.Config(ctx)
-	switch {
-	case err == nil:
-		out.Initialized = true
-		out.SystemIdentifier, out.PGMajorVersion, out.WALSegmentSize = cfg.SystemIdentifier, cfg.PGMajorVersion, cfg.WALSegmentSize
-	case errors.Is(err, storage.ErrNotFound):
-	default:
-		return fmt.Errorf("read the repository %s: %w", repo, err)
-	}
-	segSize := out.WALSegmentSize
-	if segSize == 0 {
-		segSize = 16 << 20
-	}
-	var wal []walObject
-	err = repo.Backend().List(ctx, "", func(o storage.ObjectInfo) error {
-		out.Objects++
-		out.StoredBytes += o.Size
-		if !strings.HasPrefix(o.Key, storage.WALPrefix) {
-			return nil
-		}
-		kind, name := storage.ParseWALName(storage.WALNameOf(o.Key))
-		partial := kind == storage.WALPartial
-		if kind != storage.WALSegment && !partial {
-			return nil // history files, backup labels and anything else
-		}
-		tli, segno, err := storage.ParseSegmentName(name, segSize)
-		if err != nil {
-			return nil
-		}
-		if partial {
-			out.WALPartials++
-		} else {
-			out.WALSegments++
-		}
-		wal = append(wal, walObject{key: o.Key, name: name, tli: tli, segno: segno, partial: partial, info: o})
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list the repository %s: %w", repo, err)
-	}
-
-	backups, err := basebackup.List(ctx, repo)
-	if err != nil {
-		return fmt.Errorf("list backups: %w", err)
-	}
-	var oldest, newest *basebackup.Meta
-	for _, b := range backups {
-		if b.Meta == nil {
-			out.BackupsIncomplete++
-			continue
-		}
-		out.BackupsComplete++
-		if oldest == nil {
-			oldest = b.Meta
-		}
-		if newest == nil || b.Meta.StopTime.After(newest.StopTime) {
-			newest = b.Meta
-		}
-	}
-	if newest != nil {
-		out.NewestBackup = &BackupSummary{
-			ID: newest.ID, StartTime: newest.StartTime, StopTime: newest.StopTime, AgeSeconds: seconds(now.Sub(newest.StopTime)),
-			StartLSN: newest.StartLSN, StopLSN: newest.StopLSN, Timeline: newest.Timeline,
-		}
-	}
-
-	if len(wal) == 0 {
-		return nil
-	}
-	// Newest: highest segment, then highest timeline, a complete segment
-	// before a partial of the same name.
-	sort.Slice(wal, func(i, j int) bool {
-		a, b := wal[i], wal[j]
-		if a.segno != b.segno {
-			return a.segno < b.segno
-		}
-		if a.tli != b.tli {
-			return a.tli < b.tli
-		}
-		return a.partial && !b.partial
-	})
-	// A partial can be replaced by its complete segment between the
-	// listing and reading its trailer; then the one before it is the
-	// newest this listing can vouch for.
-	var last walObject
-	var end uint64
-	for i := len(wal) - 1; i >= 0; i-- {
-		last, end = wal[i], (wal[i].segno+1)*segSize
-		if !last.partial {
-			break
-		}
-		m, err := repo.Meta(ctx, last.key)
-		if errors.Is(err, storage.ErrNotFound) && i > 0 {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read %s: %w", last.key, err)
-		}
-		end = last.segno*segSize + uint64(m.Size)
-		break
-	}
-	name := last.name
-	if last.partial {
-		name += ".partial"
-	}
-	out.NewestWAL = &WALSummary{
-		Name: name, Timeline: last.tli, Partial: last.partial, EndLSN: replication.LSN(end).String(),
-		Modified: last.info.ModTime.UTC(), AgeSeconds: seconds(now.Sub(last.info.ModTime)),
-	}
-
-	// Gaps: segment numbers are positions in the WAL whatever the
-	// timeline, so a segment stored on any timeline (or as the partial an
-	// old timeline ends with) fills its place.
-	from := wal[0].segno
-	if oldest != nil {
-		if lsn, err := replication.ParseLSN(oldest.StartLSN); err == nil {
-			from = uint64(lsn) / segSize
-		}
-		if oldest.WAL == basebackup.WALInclude {
-			if lsn, err := replication.ParseLSN(oldest.StopLSN); err == nil && lsn > 0 {
-				from = uint64(lsn-1)/segSize + 1
-			}
-		}
-	}
-	have := map[uint64]uint32{}
-	for _, w := range wal {
-		have[w.segno] = w.tli
-	}
-	tli := timelineAt(wal, from)
-	out.WALGapsFrom = storage.SegmentName(tli, from, segSize)
-	out.WALGaps = findGaps(have, from, last.segno, segSize, tli)
-	return nil
-}
-
-// timelineAt is the timeline of the stored segment at or before segno.
-func timelineAt(wal []walObject, segno uint64) uint32 {
-	tli := wal[0].tli
-	for _, w := range wal {
-		if w.segno > segno {
-			break
-		}
-		tli = w.tli
-	}
-	return tli
-}
-
-// maxGaps bounds the gaps a report lists.
-const maxGaps = 100
-
-// findGaps returns the runs of segment numbers in [from, to] missing from
-// have (segno → timeline). Missing segments are named on the timeline of the
-// stored segment before them (tli before the first).
-func findGaps(have map[uint64]uint32, from, to, segSize uint64, tli uint32) []WALGap {
-	gaps := []WALGap{}
-	for s := from; s <= to; {
-		if t, ok := have[s]; ok {
-			tli = t
-			s++
-			continue
-		}
-		start := s
-		for s <= to {
-			if _, ok := have[s]; ok {
-				break
-			}
-			s++
-		}
-		if len(gaps) < maxGaps {
-			gaps = append(gaps, WALGap{
-				First: storage.SegmentName(tli, start, segSize),
-				Last:  storage.SegmentName(tli, s-1, segSize),
-				Count: s - start,
-			})
-		}
-	}
-	return gaps
 }
 
 // sqlSession runs queries on a plain SQL connection, each under timeout.

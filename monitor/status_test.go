@@ -9,34 +9,10 @@ import (
 
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 const seg16 = 16 << 20
-
-func TestFindGaps(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		have     map[uint64]uint32
-		from, to uint64
-		want     []WALGap
-	}{
-		{"none", map[uint64]uint32{1: 1, 2: 1, 3: 1}, 1, 3, []WALGap{}},
-		{"one", map[uint64]uint32{1: 1, 3: 1}, 1, 3, []WALGap{{"000000010000000000000002", "000000010000000000000002", 1}}},
-		{"run and start", map[uint64]uint32{4: 1, 7: 2}, 2, 7, []WALGap{
-			{"000000010000000000000002", "000000010000000000000003", 2},
-			{"000000010000000000000005", "000000010000000000000006", 2}}},
-		// A promotion: timeline 2 continues where timeline 1 ended.
-		{"timelines", map[uint64]uint32{1: 1, 2: 1, 3: 2, 4: 2}, 1, 4, []WALGap{}},
-		{"across log ids", map[uint64]uint32{0xFF: 1, 0x101: 1}, 0xFF, 0x101, []WALGap{
-			{"000000010000000100000000", "000000010000000100000000", 1}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := findGaps(tc.have, tc.from, tc.to, seg16, 1); !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("got %v, want %v", got, tc.want)
-			}
-		})
-	}
-}
 
 func TestPickSlot(t *testing.T) {
 	now := time.Now()
@@ -81,9 +57,9 @@ func TestCollectStatusRepository(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"000000010000000000000002", "000000010000000000000003", "000000010000000000000005", "00000001.history"} {
-		putObject(t, repo, storage.WALKey(name), []byte("segment"))
+		putObject(t, repo, archive.Key(name), []byte("segment"))
 	}
-	putObject(t, repo, storage.WALKey("000000010000000000000006.partial"), make([]byte, 1000))
+	putObject(t, repo, archive.Key("000000010000000000000006.partial"), make([]byte, 1000))
 	stop := time.Now().Add(-2 * time.Hour)
 	meta := basebackup.Meta{ID: "20250101T000000Z", StartTime: stop.Add(-time.Minute), StopTime: stop,
 		StartLSN: "0/2000028", StopLSN: "0/3000100", Timeline: 1, WAL: basebackup.WALStream}
@@ -115,9 +91,9 @@ func TestCollectStatusRepository(t *testing.T) {
 	}
 
 	// Later: the WAL too is stale, and the partial has become a segment.
-	putObject(t, repo, storage.WALKey("000000010000000000000004"), []byte("segment"))
-	putObject(t, repo, storage.WALKey("000000010000000000000006"), []byte("segment"))
-	repo.Backend().Delete(ctx, storage.WALKey("000000010000000000000006.partial")+repo.Codec().Ext())
+	putObject(t, repo, archive.Key("000000010000000000000004"), []byte("segment"))
+	putObject(t, repo, archive.Key("000000010000000000000006"), []byte("segment"))
+	repo.Backend().Delete(ctx, archive.Key("000000010000000000000006.partial")+repo.Codec().Ext())
 	rep, err = CollectStatus(ctx, StatusOptions{Repo: repo, MaxWALAge: time.Hour, Now: time.Now().Add(3 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)

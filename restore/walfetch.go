@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // This file is the repository side of PostgreSQL's restore_command:
@@ -62,7 +63,7 @@ var ErrInvalidWALName = errors.New("invalid WAL file name")
 
 // classifyWALName tells what name is; it fails for names that are not plain
 // file names.
-func classifyWALName(name string) (storage.WALKind, error) {
+func classifyWALName(name string) (archive.Kind, error) {
 	if name == "" || name == "." || name == ".." || strings.HasPrefix(name, ".") || len(name) > 255 {
 		return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidWALName, name)
 	}
@@ -72,8 +73,7 @@ func classifyWALName(name string) (storage.WALKind, error) {
 			return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidWALName, name)
 		}
 	}
-	kind, _ := storage.ParseWALName(name)
-	return kind, nil
+	return archive.KindOf(name), nil
 }
 
 // FetchOptions configures FetchWAL.
@@ -101,7 +101,7 @@ type Fetched struct {
 // CompleteSegment reports whether a complete segment was served (so the
 // following segments are worth prefetching).
 func (f Fetched) CompleteSegment() bool {
-	return storage.IsSegmentName(f.Name) && !f.Partial
+	return archive.KindOf(f.Name) == archive.Segment && !f.Partial
 }
 
 // FetchWAL writes the WAL file name from the repository to dest, the way
@@ -117,10 +117,10 @@ func FetchWAL(ctx context.Context, repo *storage.Repository, name, dest string, 
 		return Fetched{}, err
 	}
 	res := Fetched{Name: name}
-	if kind == storage.WALOther {
+	if kind == archive.Other {
 		return res, fmt.Errorf("%s: not a WAL file name walkeeper stores: %w", name, storage.ErrNotFound)
 	}
-	if kind == storage.WALSegment && opts.Spool != "" {
+	if kind == archive.Segment && opts.Spool != "" {
 		ok, n, err := takeFromSpool(opts.Spool, name, dest)
 		if err != nil {
 			return res, err
@@ -148,7 +148,7 @@ func FetchWAL(ctx context.Context, repo *storage.Repository, name, dest string, 
 		}
 		return res, err
 	}
-	if kind == storage.WALSegment && opts.Spool != "" {
+	if kind == archive.Segment && opts.Spool != "" {
 		trimSpool(opts.Spool, name)
 	}
 	return res, nil
@@ -157,35 +157,25 @@ func FetchWAL(ctx context.Context, repo *storage.Repository, name, dest string, 
 // errWALVanished: an object listed a moment ago is gone.
 var errWALVanished = errors.New("object vanished")
 
-func fetchFromRepository(ctx context.Context, repo *storage.Repository, name string, kind storage.WALKind, dest string) (Fetched, error) {
+func fetchFromRepository(ctx context.Context, repo *storage.Repository, name string, kind archive.Kind, dest string) (Fetched, error) {
 	res := Fetched{Name: name}
-	complete, partial, err := lookupWAL(ctx, repo, name)
+	f, err := archive.ForFetch(ctx, repo, name)
 	if err != nil {
 		return res, err
 	}
 	var padTo int64
-	key := complete
-	if key == "" && kind == storage.WALSegment && partial != "" {
-		newest, err := partialIsNewest(ctx, repo, name)
+	if f.Partial {
+		cfg, err := repo.Config(ctx)
 		if err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				return res, fmt.Errorf("%s: repository %s has no %s, so the segment size to pad %s.partial to is unknown",
+					name, repo, storage.ConfigKey, name)
+			}
 			return res, err
 		}
-		if newest {
-			cfg, err := repo.Config(ctx)
-			if err != nil {
-				if errors.Is(err, storage.ErrNotFound) {
-					return res, fmt.Errorf("%s: repository %s has no %s, so the segment size to pad %s.partial to is unknown",
-						name, repo, storage.ConfigKey, name)
-				}
-				return res, err
-			}
-			key, padTo, res.Partial = partial, int64(cfg.WALSegmentSize), true
-		}
+		padTo, res.Partial = int64(cfg.WALSegmentSize), true
 	}
-	if key == "" {
-		return res, fmt.Errorf("%s: %w", name, storage.ErrNotFound)
-	}
-	obj, err := repo.Open(ctx, key)
+	obj, err := repo.Open(ctx, f.Object.Key)
 	if errors.Is(err, storage.ErrNotFound) {
 		return res, errWALVanished
 	}
@@ -197,46 +187,8 @@ func fetchFromRepository(ctx context.Context, repo *storage.Repository, name str
 	if err != nil {
 		return res, err
 	}
-	res.Key, res.Size = key, n
+	res.Key, res.Size = f.Object.Key, n
 	return res, nil
-}
-
-// lookupWAL finds, with one listing, the stored keys of name and of
-// name.partial (empty when absent), whatever codec they were written with.
-func lookupWAL(ctx context.Context, repo *storage.Repository, name string) (complete, partial string, err error) {
-	base := storage.WALKey(name)
-	err = repo.Backend().List(ctx, base, func(o storage.ObjectInfo) error {
-		b, _, _ := storage.SplitExt(o.Key)
-		switch {
-		case b == base && complete == "":
-			complete = o.Key
-		case b == base+".partial" && partial == "":
-			partial = o.Key
-		}
-		return nil
-	})
-	return complete, partial, err
-}
-
-// partialIsNewest reports whether no complete segment or partial with a
-// segment number above segment name's is stored on name's timeline. Names
-// of one timeline sort by segment number, so this is a string comparison.
-// It lists the timeline's WAL; it only runs when name is not stored
-// complete.
-func partialIsNewest(ctx context.Context, repo *storage.Repository, name string) (bool, error) {
-	prefix := storage.WALKey(name[:8])
-	errLater := errors.New("later WAL exists")
-	err := repo.Backend().List(ctx, prefix, func(o storage.ObjectInfo) error {
-		kind, seg := storage.ParseWALName(storage.WALNameOf(o.Key))
-		if (kind == storage.WALSegment || kind == storage.WALPartial) && seg[:8] == name[:8] && seg > name {
-			return errLater
-		}
-		return nil
-	})
-	if errors.Is(err, errLater) {
-		return false, nil
-	}
-	return err == nil, err
 }
 
 // walWriteAtomic copies r into a temporary file in dest's directory,
@@ -383,7 +335,7 @@ func trimSpool(spool, name string) {
 		return
 	}
 	for _, e := range entries {
-		if storage.IsSegmentName(e.Name()) && e.Name() <= name {
+		if archive.KindOf(e.Name()) == archive.Segment && e.Name() <= name {
 			os.Remove(filepath.Join(spool, e.Name()))
 		}
 	}
@@ -427,7 +379,7 @@ type PrefetchOptions struct {
 // first one the repository does not have complete. The caller holds the
 // spool's lock (LockSpool). It returns the number of segments downloaded.
 func Prefetch(ctx context.Context, repo *storage.Repository, opts PrefetchOptions) (int, error) {
-	if !storage.IsSegmentName(opts.After) {
+	if archive.KindOf(opts.After) != archive.Segment {
 		return 0, fmt.Errorf("%w %q: prefetch needs a segment name", ErrInvalidWALName, opts.After)
 	}
 	cfg, err := repo.Config(ctx)
@@ -435,10 +387,11 @@ func Prefetch(ctx context.Context, repo *storage.Repository, opts PrefetchOption
 		return 0, err
 	}
 	segSize := cfg.WALSegmentSize
-	tli, segno, err := storage.ParseSegmentName(opts.After, segSize)
+	after, err := archive.ParseName(opts.After, segSize)
 	if err != nil {
 		return 0, err
 	}
+	tli, segno := after.TLI, after.Seg
 	if err := os.MkdirAll(opts.Spool, 0o700); err != nil {
 		return 0, err
 	}
@@ -454,16 +407,16 @@ func Prefetch(ctx context.Context, repo *storage.Repository, opts PrefetchOption
 		switch {
 		case strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp"):
 			os.Remove(filepath.Join(opts.Spool, name))
-		case storage.IsSegmentName(name) && name <= opts.After:
+		case archive.KindOf(name) == archive.Segment && name <= opts.After:
 			os.Remove(filepath.Join(opts.Spool, name))
-		case storage.IsSegmentName(name):
+		case archive.KindOf(name) == archive.Segment:
 			have[name] = true
 		}
 	}
 	maxSegno := uint64(0xFFFFFFFF) * (uint64(0x100000000) / segSize)
 	var names []string
 	for i := uint64(1); i <= uint64(max(opts.Count, 0)) && segno+i <= maxSegno; i++ {
-		names = append(names, storage.SegmentName(tli, segno+i, segSize))
+		names = append(names, archive.SegmentName(tli, segno+i, segSize))
 	}
 	parallel := opts.Parallel
 	if parallel <= 0 {
@@ -476,7 +429,7 @@ func Prefetch(ctx context.Context, repo *storage.Repository, opts PrefetchOption
 	forEachParallel(len(names), parallel, func(i int) {
 		if !have[names[i]] {
 			var info storage.ObjectInfo
-			info, errs[i] = repo.Find(ctx, storage.WALKey(names[i]))
+			info, errs[i] = archive.Find(ctx, repo, names[i])
 			keys[i] = info.Key
 		}
 	})

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // This file is the repository side of PostgreSQL's archive_command:
@@ -74,7 +75,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 	name := filepath.Base(path)
 	res := Pushed{Name: name}
 	kind, err := classifyWALName(name)
-	if err == nil && kind == storage.WALOther {
+	if err == nil && kind == archive.Other {
 		err = fmt.Errorf("%w %q: wal-push stores WAL segments, .partial segments, timeline history files and backup history files",
 			ErrInvalidWALName, name)
 	}
@@ -106,8 +107,8 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 		return res, err
 	}
 
-	base := storage.WALKey(name)
-	existing, err := repo.Find(ctx, base)
+	base := archive.Key(name)
+	existing, err := archive.Find(ctx, repo, name)
 	switch {
 	case err == nil:
 		match, err := repo.CompareContent(ctx, existing.Key, io.NewSectionReader(f, 0, st.Size()))
@@ -122,7 +123,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 			res.Key, res.AlreadyStored = existing.Key, true
 			return res, nil
 		}
-		res.Replaced = kind == storage.WALPartial && match == storage.StoredIsPrefix
+		res.Replaced = kind == archive.Partial && match == storage.StoredIsPrefix
 		if !res.Replaced {
 			return res, fmt.Errorf("%w: %s is already in repository %s with different content: refusing to overwrite it "+
 				"(is another cluster, or a restored copy of this one, archiving into the same repository?)",
@@ -156,12 +157,10 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 			return res, err
 		}
 	}
-	if kind == storage.WALSegment {
-		// The complete segment supersedes its partials, as in `stream`.
-		_, partial, err := lookupWAL(ctx, repo, name)
-		if err == nil && partial != "" {
-			repo.Backend().Delete(ctx, partial)
-		}
+	if kind == archive.Segment {
+		// The complete segment supersedes its partials, as in `stream`;
+		// a leftover partial is harmless (wal-fetch prefers the segment).
+		_ = archive.RemovePartials(ctx, repo, name)
 	}
 	return res, nil
 }
@@ -169,20 +168,20 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 // checkWALFile checks a file against the repository's identity before it
 // is stored: segments must be one segment long and their first page header
 // must name this cluster, this segment size and this segment's position.
-func checkWALFile(f *os.File, name string, kind storage.WALKind, size int64, cfg *storage.Config) error {
+func checkWALFile(f *os.File, name string, kind archive.Kind, size int64, cfg *storage.Config) error {
 	segSize := int64(cfg.WALSegmentSize)
 	switch kind {
-	case storage.WALHistory, storage.WALBackupLabel:
+	case archive.History, archive.BackupLabel:
 		if size > maxSmallWALFileLen {
 			return fmt.Errorf("%s has %d bytes: too large for a history file", name, size)
 		}
 		return nil
-	case storage.WALSegment:
+	case archive.Segment:
 		if segSize > 0 && size != segSize {
 			return fmt.Errorf("%s has %d bytes, but this cluster's WAL segments have %d (repository %s): not a complete segment",
 				name, size, segSize, storage.ConfigKey)
 		}
-	case storage.WALPartial:
+	case archive.Partial:
 		if segSize > 0 && size > segSize {
 			return fmt.Errorf("%s has %d bytes, more than a WAL segment (%d)", name, size, segSize)
 		}
@@ -212,11 +211,11 @@ func checkWALFile(f *os.File, name string, kind storage.WALKind, size int64, cfg
 		return storage.Permanent(fmt.Errorf("%w: %s is WAL of another cluster (%s): archive it into that cluster's repository",
 			storage.ErrWrongCluster, name, strings.Join(problems, "; ")))
 	}
-	_, segno, err := storage.ParseSegmentName(seg, uint64(fileSegSize))
+	n, err := archive.ParseName(seg, uint64(fileSegSize))
 	if err != nil {
 		return err
 	}
-	if addr := binary.NativeEndian.Uint64(head[xlpPageAddrOffset:]); addr != segno*uint64(fileSegSize) {
+	if addr := binary.NativeEndian.Uint64(head[xlpPageAddrOffset:]); addr != n.Seg*uint64(fileSegSize) {
 		return fmt.Errorf("%s starts with the page at %X/%X, not at the start of segment %s: a renamed or damaged file",
 			name, addr>>32, uint32(addr), seg)
 	}

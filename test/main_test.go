@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -250,7 +251,7 @@ func walObjects(t *testing.T, repo *storage.Repository) map[string]string {
 func completeSegments(t *testing.T, repo *storage.Repository) []string {
 	var names []string
 	for name := range walObjects(t, repo) {
-		if storage.IsSegmentName(name) {
+		if archive.KindOf(name) == archive.Segment {
 			names = append(names, name)
 		}
 	}

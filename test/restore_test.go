@@ -16,6 +16,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -166,7 +167,7 @@ func TestRestoreAsReplica(t *testing.T) {
 	meta := readMeta(t, repo, id)
 
 	// Churn WAL until the primary no longer has the backup's first segment.
-	startSeg := storage.SegmentName(meta.Timeline, lsnOf(t, meta.StartLSN)/segSize, segSize)
+	startSeg := archive.SegmentName(meta.Timeline, lsnOf(t, meta.StartLSN)/segSize, segSize)
 	for i := 0; i < 20; i++ {
 		c.Pgbench(t, "-T", "1", "-c", "2")
 		c.Exec(t, "SELECT pg_switch_wal()")

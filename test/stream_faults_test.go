@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 	"github.com/walkeeper/walkeeper/walstream"
 )
@@ -30,10 +31,11 @@ func repoEnd(ctx context.Context, repo *storage.Repository) (uint64, error) {
 		base, _, _ := storage.SplitExt(o.Key)
 		name := strings.TrimPrefix(base, storage.WALPrefix)
 		seg := strings.TrimSuffix(name, ".partial")
-		_, segno, err := storage.ParseSegmentName(seg, segSize)
+		n, err := archive.ParseName(seg, segSize)
 		if err != nil {
 			return nil
 		}
+		segno := n.Seg
 		e := (segno + 1) * segSize
 		if seg != name {
 			m, err := repo.Meta(ctx, o.Key)
@@ -296,7 +298,7 @@ func commitStored(t *testing.T, repo *storage.Repository, xid string) bool {
 	var names []string
 	for name, key := range walObjects(t, repo) {
 		seg := strings.TrimSuffix(name, ".partial")
-		if !storage.IsSegmentName(seg) {
+		if !(archive.KindOf(seg) == archive.Segment) {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join(dir, seg)); err == nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -71,9 +72,9 @@ func checkAgainstReceivewal(t *testing.T, repo *storage.Repository, rwDir string
 	objs := walObjects(t, repo)
 	for i, name := range segs {
 		if i > 0 {
-			tli0, n0, _ := storage.ParseSegmentName(segs[i-1], segSize)
-			tli1, n1, _ := storage.ParseSegmentName(name, segSize)
-			if tli0 == tli1 && n1 != n0+1 {
+			a, _ := archive.ParseName(segs[i-1], segSize)
+			b, _ := archive.ParseName(name, segSize)
+			if a.TLI == b.TLI && b.Seg != a.Seg+1 {
 				t.Errorf("gap in the repository: %s is followed by %s", segs[i-1], name)
 			}
 		}
@@ -109,8 +110,9 @@ func waldump(t *testing.T, repo *storage.Repository) {
 	if len(segs) < 2 {
 		t.Fatalf("need two segments for pg_waldump, have %v", segs)
 	}
-	_, n0, _ := storage.ParseSegmentName(segs[0], segSize)
-	_, n1, _ := storage.ParseSegmentName(segs[len(segs)-1], segSize)
+	first, _ := archive.ParseName(segs[0], segSize)
+	last, _ := archive.ParseName(segs[len(segs)-1], segSize)
+	n0, n1 := first.Seg, last.Seg
 	start := fmt.Sprintf("%X/%X", (n0*segSize)>>32, uint32(n0*segSize))
 	end := fmt.Sprintf("%X/%X", (n1*segSize)>>32, uint32(n1*segSize))
 	out, err := exec.Command(harness.PGBin("pg_waldump"), "--quiet", "-p", dir, "-s", start, "-e", end).CombinedOutput()

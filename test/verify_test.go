@@ -13,6 +13,7 @@ import (
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/basebackup/backuptest"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -78,7 +79,7 @@ func TestVerifyFindsInjectedFaults(t *testing.T) {
 					basebackup.ProblemIncomplete, storage.BackupsPrefix + ids[1] + "/"},
 				{"history contradicts segments", "wal/00000002.history" + ext,
 					func(k string) { backuptest.Replace(t, repo, k, "1\t0/6000000\tno recovery target specified\n") },
-					basebackup.ProblemAfterSwitch, "wal/000000010000000000000007" + ext},
+					basebackup.ProblemMissingWAL, "wal/000000020000000000000006"},
 			} {
 				saved := rawObject(t, repo, f.key)
 				f.inject(f.key)
@@ -154,9 +155,9 @@ func TestVerifyAndDeleteRealRepository(t *testing.T) {
 				t.Fatalf("delete: exit %d\n%s%s", code, stdout, stderr)
 			}
 			meta := readMeta(t, repo, second)
-			startSeg := storage.SegmentName(meta.Timeline, lsnOf(t, meta.StartLSN)/segSize, segSize)
+			startSeg := archive.SegmentName(meta.Timeline, lsnOf(t, meta.StartLSN)/segSize, segSize)
 			for name := range walObjects(t, repo) {
-				if storage.IsSegmentName(name) && name < startSeg {
+				if (archive.KindOf(name) == archive.Segment) && name < startSeg {
 					t.Errorf("%s, before the kept backup's start segment %s, is still there", name, startSeg)
 				}
 			}

@@ -1,32 +1,38 @@
 package walstream
 
-import "testing"
+import (
+	"testing"
 
+	"github.com/walkeeper/walkeeper/storage/archive"
+)
+
+// chooseStart's cases; where the archive continues along a path is
+// archive.Index.ContinueAt's job and tested there (the unclean failover
+// included).
 func TestChooseStart(t *testing.T) {
 	const seg = 16 << 20
-	hist := []historyEntry{{1, 0x5000100}, {2, 0x9000000}}
 	for _, tc := range []struct {
 		name    string
-		r       repoEnd
+		c       archive.Continue
 		srvTLI  uint32
 		srvPos  LSN
-		history []historyEntry
 		slotTLI uint32
 		slotLSN LSN
 		want    startPoint
 		wantErr bool
 	}{
-		{"empty repo, no slot position", repoEnd{}, 1, 0x3123456, nil, 0, 0, startPoint{1, 0x3000000, ""}, false},
-		{"empty repo, slot", repoEnd{}, 1, 0x9000000, nil, 1, 0x4000010, startPoint{1, 0x4000000, ""}, false},
-		{"repo complete segment", repoEnd{found: true, tli: 1, end: 0x5000000}, 1, 0x7000000, nil, 1, 0x2000000, startPoint{1, 0x5000000, ""}, false},
-		{"repo partial", repoEnd{found: true, tli: 1, end: 0x5000123}, 1, 0x7000000, nil, 0, 0, startPoint{1, 0x5000000, ""}, false},
-		{"repo ahead of server", repoEnd{found: true, tli: 1, end: 0x8000000}, 1, 0x7000000, nil, 0, 0, startPoint{}, true},
-		{"ancestor timeline before switch", repoEnd{found: true, tli: 1, end: 0x4000000}, 3, 0xA000000, hist, 0, 0, startPoint{1, 0x4000000, ""}, false},
-		{"ancestor exactly at switch", repoEnd{found: true, tli: 2, end: 0x9000000}, 3, 0xA000000, hist, 0, 0, startPoint{3, 0x9000000, ""}, false},
-		{"ancestor past switch: other history, use slot", repoEnd{found: true, tli: 1, end: 0x6000000}, 3, 0xA000000, hist, 3, 0x9800000, startPoint{3, 0x9000000, ""}, false},
-		{"repo on unknown newer timeline: server position", repoEnd{found: true, tli: 4, end: 0x6000000}, 3, 0xA000000, hist, 0, 0, startPoint{3, 0xA000000, ""}, false},
+		{"empty repo, no slot position", archive.Continue{}, 1, 0x3123456, 0, 0, startPoint{tli: 1, lsn: 0x3000000}, false},
+		{"empty repo, slot", archive.Continue{}, 1, 0x9000000, 1, 0x4000010, startPoint{tli: 1, lsn: 0x4000000}, false},
+		{"archive continues", archive.Continue{Found: true, TLI: 1, Seg: 5}, 1, 0x7000000, 1, 0x2000000, startPoint{tli: 1, lsn: 0x5000000}, false},
+		{"archive ahead of server", archive.Continue{Found: true, TLI: 1, Seg: 8}, 1, 0x7000000, 0, 0, startPoint{}, true},
+		// After an unclean failover the archive continues on the new
+		// timeline at the segment holding the switch point, not at the
+		// new slot's restart_lsn.
+		{"after a failover", archive.Continue{Found: true, TLI: 2, Seg: 4}, 2, 0x9000000, 2, 0x8800000, startPoint{tli: 2, lsn: 0x4000000}, false},
+		{"ancestor timeline", archive.Continue{Found: true, TLI: 1, Seg: 3}, 3, 0xA000000, 0, 0, startPoint{tli: 1, lsn: 0x3000000}, false},
+		{"archive ends before the newest backup: slot", archive.Continue{Newest: archive.End{Found: true, TLI: 1, Seg: 2}}, 1, 0xA000000, 1, 0x9800000, startPoint{tli: 1, lsn: 0x9000000}, false},
 	} {
-		got, err := chooseStart(tc.r, tc.srvTLI, tc.srvPos, tc.history, tc.slotTLI, tc.slotLSN, seg)
+		got, err := chooseStart(tc.c, tc.srvTLI, tc.srvPos, tc.slotTLI, tc.slotLSN, seg)
 		if (err != nil) != tc.wantErr {
 			t.Errorf("%s: err = %v", tc.name, err)
 			continue
@@ -35,14 +41,8 @@ func TestChooseStart(t *testing.T) {
 			t.Errorf("%s: got tli %d %s, want tli %d %s", tc.name, got.tli, got.lsn, tc.want.tli, tc.want.lsn)
 		}
 	}
-}
-
-func TestParseHistory(t *testing.T) {
-	h, err := parseHistory([]byte("1\t0/5000100\tno recovery target specified\n\n2\t0/9000000\tat restore point \"x\"\n"))
-	if err != nil || len(h) != 2 || h[0] != (historyEntry{1, 0x5000100}) || h[1] != (historyEntry{2, 0x9000000}) {
-		t.Fatalf("got %v, %v", h, err)
-	}
-	if _, err := parseHistory([]byte("x\ty\n")); err == nil {
-		t.Fatal("garbage accepted")
+	sp, _ := chooseStart(archive.Continue{Found: true, TLI: 2, Seg: 4, HasNext: true, HoleLast: 8, HoleLastTLI: 2}, 2, 0xF000000, 0, 0, seg)
+	if sp.hole != "segments 000000020000000000000004 .. 000000020000000000000008" {
+		t.Errorf("hole %q", sp.hole)
 	}
 }

@@ -4,7 +4,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 const chunkSize = 1 << 20
@@ -29,7 +29,7 @@ func newSegment(tli uint32, start LSN, segSize uint64) *segment {
 }
 
 // name is PostgreSQL's file name of the segment.
-func (s *segment) name() string { return storage.SegmentName(s.tli, s.segno, s.segSize) }
+func (s *segment) name() string { return archive.SegmentName(s.tli, s.segno, s.segSize) }
 
 // end is the LSN just after the last received byte.
 func (s *segment) end() LSN { return s.start + LSN(s.size) }

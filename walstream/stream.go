@@ -17,6 +17,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // Options configure Run.
@@ -260,33 +261,47 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	}
 	s.sysID.Store(sys.SystemID) // the heartbeat may write from now on
 	srvTLI := sys.Timeline
-	var history []historyEntry
+	var history []archive.HistoryEntry
 	if srvTLI > 1 {
 		content, name, err := s.timelineHistory(cctx, srvTLI)
 		if err != nil {
 			return err
 		}
-		if history, err = parseHistory(content); err != nil {
-			return err
+		if history, err = archive.ParseHistory(content); err != nil {
+			return fmt.Errorf("the server's %s: %w", name, err)
 		}
 		s.queue(ctx, job{kind: jobHistory, name: name, content: content})
+		// Stored before anything else happens: status and verify judge
+		// the archive along this timeline's path even if streaming
+		// cannot start.
+		if err := s.barrier(ctx); err != nil {
+			return err
+		}
 	}
-	newest, err := newestWAL(cctx, s.opts.Repo, segSize)
+	path := archive.PathTo(srvTLI, history)
+	cont, err := archiveEnd(cctx, s.opts.Repo, segSize, path)
 	if err != nil {
-		return fmt.Errorf("read the repository's newest WAL: %w", err)
+		return fmt.Errorf("read the repository's WAL: %w", err)
 	}
-	if newest.partial != "" {
-		s.up.mu.Lock()
-		s.up.partialLen[newest.partial] = newest.partialLen
-		s.up.mu.Unlock()
-	}
-	start, err := chooseStart(newest, srvTLI, sys.XLogPos, history, slot.RestartTLI, slot.RestartLSN, segSize)
+	start, err := chooseStart(cont, srvTLI, sys.XLogPos, slot.RestartTLI, slot.RestartLSN, segSize)
 	if err != nil {
 		return replication.Permanent(err)
 	}
-	if newest.found && start.why != "repository" && !strings.HasPrefix(start.why, "repository") {
-		s.log.Warn("the repository's WAL does not continue the server's history; starting elsewhere",
-			"repository_end", newest.end.String(), "repository_timeline", newest.tli, "start", start.lsn.String(), "from", start.why)
+	if start.partial != "" {
+		end, err := archive.PartialEnd(cctx, s.opts.Repo, *cont.Partial, segSize)
+		if err != nil {
+			return fmt.Errorf("read the stored %s: %w", start.partial, err)
+		}
+		s.up.mu.Lock()
+		s.up.partialLen[start.partial] = int(uint64(end) - uint64(start.lsn))
+		s.up.mu.Unlock()
+	}
+	switch {
+	case cont.Found:
+		s.log.Info("continuing the archive", "timeline", start.tli, "start", start.lsn.String(), "from", start.why)
+	case cont.Newest.Found:
+		s.log.Info("the archive's WAL on this server's timelines ends before the newest backup; starting elsewhere",
+			"archive_end", archive.SegmentName(cont.Newest.TLI, cont.Newest.Seg, segSize), "start", start.lsn.String(), "from", start.why)
 	}
 	cancel()
 	// The queue is empty (barrier above): what is durable is exactly what
@@ -317,7 +332,7 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 			continue
 		}
 		if err != nil {
-			return replication.Classify(err, s.opts.Slot)
+			return s.explainRemoved(replication.Classify(err, s.opts.Slot), start, tli, pos)
 		}
 		s.started = true
 		s.connected.Store(true)
@@ -328,6 +343,9 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 		s.reported = 0
 		next, err := s.receive(ctx)
 		if err != nil {
+			if s.received == pos {
+				err = s.explainRemoved(err, start, tli, pos)
+			}
 			return err
 		}
 		// The server ended timeline tli: keep its last segment as .partial,
@@ -339,6 +357,20 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 		s.log.Info("timeline switch", "from", tli, "to", next.tli, "at", next.lsn.String())
 		tli, pos = next.tli, segStart(next.lsn, s.segSize)
 	}
+}
+
+// explainRemoved turns the server's "requested WAL segment ... has already
+// been removed", when streaming from where the archive needs WAL, into an
+// error that names what the archive lacks and what to do. Restarting cannot
+// help: the WAL is gone from the server.
+func (s *streamer) explainRemoved(err error, start startPoint, tli uint32, pos LSN) error {
+	if err == nil || start.hole == "" || tli != start.tli || pos != start.lsn ||
+		!strings.Contains(err.Error(), "has already been removed") {
+		return err
+	}
+	return replication.Permanentf("the archive lacks WAL of timeline %d from %s (%s) and the server has already removed it: "+
+		"recovery from the repository cannot pass %s; take a new base backup (walkeeper backup), then start the stream again",
+		tli, pos, start.hole, pos)
 }
 
 func (s *streamer) nextTimeline(ctx context.Context, tli uint32) error {
@@ -621,7 +653,7 @@ func (s *streamer) timelineHistory(ctx context.Context, tli uint32) ([]byte, str
 	if err != nil {
 		return nil, "", fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, replication.Classify(err, s.opts.Slot))
 	}
-	if res.FileName != storage.HistoryName(tli) {
+	if res.FileName != archive.HistoryName(tli) {
 		return nil, "", fmt.Errorf("TIMELINE_HISTORY %d returned file %q", tli, res.FileName)
 	}
 	return res.Content, res.FileName, nil

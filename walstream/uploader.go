@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 type jobKind int
@@ -162,7 +163,7 @@ func (u *uploader) store(ctx context.Context, j job) error {
 		if j.snap.n <= have {
 			return nil // the stored partial already holds these bytes
 		}
-		if _, err := u.write(ctx, storage.WALKey(name), j.snap.reader()); err != nil {
+		if _, err := u.write(ctx, archive.Key(name), j.snap.reader()); err != nil {
 			return err
 		}
 		u.mu.Lock()
@@ -200,8 +201,8 @@ func (u *uploader) write(ctx context.Context, base string, r io.Reader) (storage
 // overwritten). Then the segment's .partial objects are removed.
 func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot) error {
 	name := seg.name()
-	base := storage.WALKey(name)
-	existing, err := u.repo.Find(ctx, base)
+	base := archive.Key(name)
+	existing, err := archive.Find(ctx, u.repo, name)
 	switch {
 	case err == nil:
 		same, err := u.repo.SameContent(ctx, existing.Key, snap.reader())
@@ -227,14 +228,7 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 	}
 	u.stats.SegmentsStored.Add(1)
 	// The complete segment supersedes its partials, whatever their codec.
-	partial := storage.WALKey(name + ".partial")
-	err = u.repo.Backend().List(ctx, partial, func(o storage.ObjectInfo) error {
-		if b, _, _ := storage.SplitExt(o.Key); b == partial {
-			return u.repo.Backend().Delete(ctx, o.Key)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := archive.RemovePartials(ctx, u.repo, name); err != nil {
 		u.log.Warn("could not remove superseded partial segment", "segment", name, "error", err)
 	}
 	u.mu.Lock()
@@ -246,8 +240,8 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 
 // storeHistory stores a timeline history file unless the same one is there.
 func (u *uploader) storeHistory(ctx context.Context, name string, content []byte) error {
-	base := storage.WALKey(name)
-	existing, err := u.repo.Find(ctx, base)
+	base := archive.Key(name)
+	existing, err := archive.Find(ctx, u.repo, name)
 	if err == nil {
 		same, err := u.repo.SameContent(ctx, existing.Key, bytes.NewReader(content))
 		if err != nil || same {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // SegSize is the segment size the fixtures use (PostgreSQL's default).
@@ -47,7 +48,7 @@ func WAL(t testing.TB, repo *storage.Repository, name, content string) string {
 	if content == "" {
 		content = "wal " + name
 	}
-	key, _ := Put(t, repo, storage.WALKey(name), []byte(content))
+	key, _ := Put(t, repo, archive.Key(name), []byte(content))
 	return key
 }
 
@@ -55,7 +56,7 @@ func WAL(t testing.TB, repo *storage.Repository, name, content string) string {
 func Segments(t testing.TB, repo *storage.Repository, tli uint32, first, last uint64) {
 	t.Helper()
 	for s := first; s <= last; s++ {
-		WAL(t, repo, storage.SegmentName(tli, s, SegSize), "")
+		WAL(t, repo, archive.SegmentName(tli, s, SegSize), "")
 	}
 }
 
@@ -197,10 +198,10 @@ func TimelineHistory(t testing.TB, repo *storage.Repository) (ids []string, inco
 	incomplete = "20241201T000000Z"
 	Backup{ID: incomplete, Start: time.Date(2024, 12, 1, 0, 0, 0, 0, time.UTC), Timeline: 1, StartLSN: "0/1000028"}.Write(t, repo)
 	Segments(t, repo, 1, 1, 7)
-	WAL(t, repo, storage.SegmentName(1, 8, SegSize)+".partial", "")
+	WAL(t, repo, archive.SegmentName(1, 8, SegSize)+".partial", "")
 	WAL(t, repo, "000000010000000000000002.00000028.backup", "START WAL LOCATION: 0/2000028")
-	WAL(t, repo, storage.HistoryName(2), "1\t0/8000100\tno recovery target specified\n")
+	WAL(t, repo, archive.HistoryName(2), "1\t0/8000100\tno recovery target specified\n")
 	Segments(t, repo, 2, 8, 13)
-	WAL(t, repo, storage.SegmentName(2, 14, SegSize)+".partial", "")
+	WAL(t, repo, archive.SegmentName(2, 14, SegSize)+".partial", "")
 	return ids, incomplete
 }
