@@ -53,6 +53,10 @@
 //
 // When a test fails, the cleanup functions log the tail of the server logs.
 //
+// StartGate puts a TCP forwarder in front of a server port; Gate.Shut and
+// Gate.Open cut and restore the network path to it (a partition) while the
+// server keeps running.
+//
 // # Process cleanup
 //
 // Long-running children (postmaster, versitygw) are started in their own
