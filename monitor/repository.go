@@ -99,10 +99,23 @@ func collectRepository(ctx context.Context, repo *storage.Repository, now time.T
 	newestPath := g.Path(g.Newest())
 	end := ix.EndOn(newestPath)
 	if !end.Found {
+		// Nothing along the newest timeline's path (only an abandoned
+		// tail, say): show the newest WAL object there is.
+		for _, o := range ix.Objects {
+			if k := o.Name.Kind; k == archive.Segment || k == archive.Partial {
+				if !end.Found || o.Name.Seg > end.Seg || o.Name.Seg == end.Seg && o.Name.TLI >= end.TLI {
+					end = archive.End{Found: true, TLI: o.Name.TLI, Seg: o.Name.Seg, Partial: k == archive.Partial, Object: o}
+				}
+			}
+		}
+	}
+	if !end.Found && len(needs) == 0 {
 		return nil
 	}
-	if err := describeNewest(ctx, repo, ix, end, now, out); err != nil {
-		return err
+	if end.Found {
+		if err := describeNewest(ctx, repo, ix, end, now, out); err != nil {
+			return err
+		}
 	}
 	if len(needs) == 0 {
 		// No backup: judge the WAL along the newest timeline's path from

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -133,7 +134,7 @@ func (f *uncleanFailover) crashAndPromote(t *testing.T) (switchLSN uint64, switc
 // history file in c's pg_wal and names tli's segment holding that point.
 func switchPoint(t *testing.T, c *harness.Cluster, tli uint32) (uint64, string) {
 	t.Helper()
-	content := c.QueryString(t, "SELECT pg_read_file('pg_wal/' || $1)", storage.HistoryName(tli))
+	content := c.QueryString(t, "SELECT pg_read_file('pg_wal/' || $1)", archive.HistoryName(tli))
 	var last string
 	for _, line := range strings.Split(content, "\n") {
 		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
@@ -142,10 +143,10 @@ func switchPoint(t *testing.T, c *harness.Cluster, tli uint32) (uint64, string) 
 	}
 	fields := strings.Fields(last)
 	if len(fields) < 2 {
-		t.Fatalf("%s on %s: no switch point in %q", storage.HistoryName(tli), c.Name(), content)
+		t.Fatalf("%s on %s: no switch point in %q", archive.HistoryName(tli), c.Name(), content)
 	}
 	lsn := lsnOf(t, fields[1])
-	return lsn, storage.SegmentName(tli, lsn/segSize, segSize)
+	return lsn, archive.SegmentName(tli, lsn/segSize, segSize)
 }
 
 // inPgWal reports whether c's pg_wal holds a file named name.
@@ -292,8 +293,8 @@ func TestUncleanFailoverServerRecycledWAL(t *testing.T) {
 	if code != 5 || !strings.Contains(stdout+stderr, switchSeg) {
 		t.Errorf("status: exit %d, want 5 and a report naming %s:\n%s%s", code, switchSeg, stdout, stderr)
 	}
-	if r := runVerify(t, target, 5); !hasProblem(r, "missing-wal", storage.WALKey(switchSeg)) {
-		t.Errorf("verify: want a missing-wal problem at %s, got %+v", storage.WALKey(switchSeg), r.Problems)
+	if r := runVerify(t, target, 5); !hasProblem(r, "missing-wal", archive.Key(switchSeg)) {
+		t.Errorf("verify: want a missing-wal problem at %s, got %+v", archive.Key(switchSeg), r.Problems)
 	}
 }
 
