@@ -17,7 +17,8 @@
 // delete leaves an incomplete backup rather than a broken complete one.
 // Verify re-reads every object against its checksum, each backup against
 // backup.json and its manifest, and the WAL from every backup's start to the
-// newest WAL for gaps and for agreement with the timeline history files.
+// end of the newest timeline for gaps along the timeline path
+// (storage/archive decides what the archive holds and needs).
 //
 // docs/backups.md and docs/retention.md record the decisions.
 package basebackup

@@ -32,19 +32,13 @@ import (
 // "NAME.partial" (the bytes received so far, not padded) about every second,
 // and removes it once the complete segment NAME is stored. When PostgreSQL
 // asks for segment NAME and only NAME.partial is stored, FetchWAL serves the
-// partial zero-padded to the segment size — but only when NAME.partial is the
-// newest WAL of its timeline in the repository: no complete segment and no
-// partial with a higher segment number exists on the same timeline. Then the
-// partial holds the last WAL the repository has, and recovery replays it up
-// to the zeros, where it stops as at the end of WAL: a replica seeded from
-// the repository gets to within a second of the primary before it switches
-// to streaming, and a point-in-time restore can reach the last transaction
-// the stream stored. If a later segment of the timeline exists, the partial
-// is a leftover and NAME is reported as not found (there is a hole; serving
-// a short segment there would end recovery in the middle of the archive).
+// partial zero-padded to the segment size (archive.ForFetch decides, with
+// two name lookups). Recovery replays it up to the zeros, where it stops as
+// at the end of WAL: a replica seeded from the repository gets to within a
+// second of the primary before it switches to streaming, and a
+// point-in-time restore can reach the last transaction the stream stored.
 // The last segment of a timeline that ended with a promotion is kept as
-// .partial and has no later segment on its timeline, so it is served: it is
-// all the WAL that timeline has.
+// .partial, so it is served: it is all the WAL that timeline has.
 
 // PrefetchDirName is the prefetch spool's directory name, created next to
 // restore_command's destination (so inside pg_wal). PostgreSQL ignores it:

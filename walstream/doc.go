@@ -10,11 +10,15 @@
 //     the server version, and check walkeeper.json (Repository.Init);
 //  2. make sure the slot exists (CREATE_REPLICATION_SLOT ... PHYSICAL
 //     RESERVE_WAL when missing) and is usable (physical, not lost);
-//  3. choose the start position (position.go): the end of the newest WAL in
-//     the repository when it continues the server's history, else the slot's
-//     restart_lsn, else the server's current position, rounded down to a
-//     segment boundary;
-//  4. store the timeline history file of the streamed timeline;
+//  3. store the server timeline's history file (waiting until it is
+//     stored);
+//  4. choose the start position (position.go) with the archive model
+//     (storage/archive): the first segment the archive lacks along the
+//     server's timeline path after the WAL stored from the newest backup on
+//     (after a failover: the new timeline's segment holding the switch
+//     point), else the slot's restart_lsn, else the server's current
+//     position; when the server has already removed the WAL the archive
+//     lacks, the stream stops with an error naming the range;
 //  5. START_REPLICATION and receive: bytes go into the current segment
 //     buffer (segment.go); a full segment is handed to the uploader; every
 //     --partial-interval the unfinished segment is handed over as a

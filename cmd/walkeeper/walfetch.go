@@ -66,8 +66,8 @@ or 126 with --fatal-errors, which makes PostgreSQL abort recovery instead of
 ending it early (use it for point-in-time recovery).
 
 A segment stored only as NAME.partial is served zero-padded to the segment
-size when it is the newest WAL of its timeline in the repository, so a restore
-reaches the last second the stream stored.
+size, so a restore reaches the last second the stream stored. Each call looks
+up its one name, whatever the repository's size.
 
 After a complete segment, up to --prefetch following segments are downloaded
 in the background into pg_wal/` + restore.PrefetchDirName + `; the next wal-fetch
