@@ -24,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -267,12 +268,12 @@ func buildArchives(b *testing.B, bin string) *archives {
 				continue
 			}
 			base, codec, _ := storage.SplitExt(e.Name())
-			switch kind, seg := storage.ParseWALName(base); kind {
-			case storage.WALSegment:
-				segs = append(segs, seg)
+			switch archive.KindOf(base) {
+			case archive.Segment:
+				segs = append(segs, base)
 				a.codec = codec
-			case storage.WALPartial:
-				part = seg
+			case archive.Partial:
+				part = base[:24]
 			}
 		}
 		sort.Strings(segs)
@@ -285,8 +286,8 @@ func buildArchives(b *testing.B, bin string) *archives {
 	if len(a.segments) < 3 || partial == "" {
 		b.Fatalf("want at least 3 complete segments and a partial, have %v and %q", a.segments, partial)
 	}
-	tli, last, _ := storage.ParseSegmentName(a.segments[len(a.segments)-1], a.segSize)
-	a.nextMissing = storage.SegmentName(tli, last+1, a.segSize)
+	lastName, _ := archive.ParseName(a.segments[len(a.segments)-1], a.segSize)
+	a.nextMissing = archive.SegmentName(lastName.TLI, lastName.Seg+1, a.segSize)
 	if partial != a.nextMissing {
 		b.Fatalf("the partial is %s, want the segment after the newest complete one, %s", partial, a.nextMissing)
 	}
@@ -336,7 +337,7 @@ func (a *archives) padNames(tb testing.TB, n int) []string {
 	}
 	names := make([]string, n)
 	for i := range names {
-		names[i] = storage.WALKey(storage.SegmentName(1, first-1-uint64(i), a.segSize)) + a.codec.Ext()
+		names[i] = archive.Key(archive.SegmentName(1, first-1-uint64(i), a.segSize)) + a.codec.Ext()
 	}
 	return names
 }
@@ -345,7 +346,7 @@ func (a *archives) padNames(tb testing.TB, n int) []string {
 func paddingObject(tb testing.TB, codec storage.Codec, segSize int) []byte {
 	ctx := context.Background()
 	mem := storage.NewMemory()
-	w, err := storage.NewRepository(mem, codec).Create(ctx, storage.WALKey("000000010000000000000001"))
+	w, err := storage.NewRepository(mem, codec).Create(ctx, archive.Key("000000010000000000000001"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -355,7 +356,7 @@ func paddingObject(tb testing.TB, codec storage.Codec, segSize int) []byte {
 	if _, err := w.Close(); err != nil {
 		tb.Fatal(err)
 	}
-	rc, err := mem.Get(ctx, storage.WALKey("000000010000000000000001")+codec.Ext(), 0, -1)
+	rc, err := mem.Get(ctx, archive.Key("000000010000000000000001")+codec.Ext(), 0, -1)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -574,7 +575,7 @@ func (a *archives) operations() []archiveOp {
 			key: "wal-push", name: "wal-push (new segment)", okCodes: []int{0},
 			args: func(url, _ string) []string { return []string{"wal-push", "--repo", url, a.pushPath} },
 			after: func(tb testing.TB, be *archiveBackend, i int, _ string) {
-				key := storage.WALKey(a.pushName) + a.codec.Ext()
+				key := archive.Key(a.pushName) + a.codec.Ext()
 				if _, err := os.Stat(filepath.Join(be.dirs[i], filepath.FromSlash(key))); err != nil {
 					tb.Fatalf("wal-push stored nothing: %v", err)
 				}
