@@ -331,7 +331,8 @@ func waitQuery(tb testing.TB, c *harness.Cluster, sql, what string, procs []*bgP
 // padNames returns the names of the n segments of timeline 1 just before
 // the real WAL, as stored keys.
 func (a *archives) padNames(tb testing.TB, n int) []string {
-	_, first, _ := storage.ParseSegmentName(a.segments[0], a.segSize)
+	firstName, _ := archive.ParseName(a.segments[0], a.segSize)
+	first := firstName.Seg
 	if first <= uint64(n) {
 		tb.Fatalf("the real WAL starts at segment %d: no room for %d older ones", first, n)
 	}
