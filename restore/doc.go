@@ -1,6 +1,7 @@
 // Package restore brings a base backup back from the repository and
-// configures recovery; it also serves WAL to PostgreSQL (wal-fetch) and
-// takes WAL from it (wal-push).
+// configures recovery; it also serves WAL to PostgreSQL (wal-fetch, with
+// the archive model's lookup). Taking WAL from PostgreSQL (wal-push) is
+// ingest and lives beside the archive it writes, in storage/archive.
 //
 // # Restore lifecycle
 //

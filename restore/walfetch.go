@@ -50,25 +50,9 @@ func PrefetchDir(dest string) string {
 	return filepath.Join(filepath.Dir(dest), PrefetchDirName)
 }
 
-// ErrInvalidWALName marks a NAME that is not a plain file name (a path, a
-// dot file, characters outside [A-Za-z0-9._-]) or, for wal-push, not a WAL
-// file name at all.
-var ErrInvalidWALName = errors.New("invalid WAL file name")
-
-// classifyWALName tells what name is; it fails for names that are not plain
-// file names.
-func classifyWALName(name string) (archive.Kind, error) {
-	if name == "" || name == "." || name == ".." || strings.HasPrefix(name, ".") || len(name) > 255 {
-		return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidWALName, name)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidWALName, name)
-		}
-	}
-	return archive.KindOf(name), nil
-}
+// ErrInvalidWALName marks a NAME that is not a plain file name; it is
+// archive.ErrInvalidName.
+var ErrInvalidWALName = archive.ErrInvalidName
 
 // FetchOptions configures FetchWAL.
 type FetchOptions struct {
@@ -106,7 +90,7 @@ func (f Fetched) CompleteSegment() bool {
 // no WAL kind) gives an error matching storage.ErrNotFound; a name that is
 // not a plain file name gives ErrInvalidWALName. See the .partial rule above.
 func FetchWAL(ctx context.Context, repo *storage.Repository, name, dest string, opts FetchOptions) (Fetched, error) {
-	kind, err := classifyWALName(name)
+	kind, err := archive.CheckFileName(name)
 	if err != nil {
 		return Fetched{}, err
 	}

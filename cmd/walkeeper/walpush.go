@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/walkeeper/walkeeper/restore"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 func init() {
@@ -40,8 +40,8 @@ func walPushAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := restore.PushWAL(c.Context, repo, c.Args().First())
-	if errors.Is(err, restore.ErrInvalidWALName) {
+	res, err := archive.PushWAL(c.Context, repo, c.Args().First())
+	if errors.Is(err, archive.ErrInvalidName) {
 		return usageError{err}
 	}
 	if err != nil {

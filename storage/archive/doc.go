@@ -43,8 +43,11 @@
 //
 // # Invariants
 //
-//   - Nothing here writes, except RemovePartials, which deletes the
-//     .partial objects a stored complete segment supersedes.
+//   - Ingest writes here and nowhere else outside the stream: PushWAL
+//     (archive_command's wal-push: checks the file's page header against
+//     walkeeper.json, stores it once, never overwrites different content)
+//     and RemovePartials, which deletes the .partial objects a stored
+//     complete segment supersedes. Every other function only reads.
 //   - An index from LoadFrom answers only for segments from its From on.
 //   - The wal-fetch rule: a segment stored complete is served as is; one
 //     stored only as .partial is served zero-padded (it is a prefix of the

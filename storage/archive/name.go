@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -144,4 +145,25 @@ func isUpperHex(s string) bool {
 		}
 	}
 	return true
+}
+
+// ErrInvalidName marks a name given to wal-fetch or wal-push that is not a
+// plain file name (a path, a dot file, characters outside [A-Za-z0-9._-])
+// or, for wal-push, not a WAL file name at all.
+var ErrInvalidName = errors.New("invalid WAL file name")
+
+// CheckFileName checks that name, as restore_command or archive_command
+// passes it, is a plain file name, and tells its kind (Other for a plain
+// name of no WAL kind).
+func CheckFileName(name string) (Kind, error) {
+	if name == "" || name == "." || name == ".." || strings.HasPrefix(name, ".") || len(name) > 255 {
+		return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidName, name)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return 0, fmt.Errorf("%w %q: want a WAL file name such as 000000010000000000000003", ErrInvalidName, name)
+		}
+	}
+	return KindOf(name), nil
 }

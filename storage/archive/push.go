@@ -1,4 +1,4 @@
-package restore
+package archive
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
-	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // This file is the repository side of PostgreSQL's archive_command:
@@ -74,10 +73,10 @@ const (
 func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed, error) {
 	name := filepath.Base(path)
 	res := Pushed{Name: name}
-	kind, err := classifyWALName(name)
-	if err == nil && kind == archive.Other {
+	kind, err := CheckFileName(name)
+	if err == nil && kind == Other {
 		err = fmt.Errorf("%w %q: wal-push stores WAL segments, .partial segments, timeline history files and backup history files",
-			ErrInvalidWALName, name)
+			ErrInvalidName, name)
 	}
 	if err != nil {
 		return res, err
@@ -107,8 +106,8 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 		return res, err
 	}
 
-	base := archive.Key(name)
-	existing, err := archive.Find(ctx, repo, name)
+	base := Key(name)
+	existing, err := Find(ctx, repo, name)
 	switch {
 	case err == nil:
 		match, err := repo.CompareContent(ctx, existing.Key, io.NewSectionReader(f, 0, st.Size()))
@@ -123,7 +122,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 			res.Key, res.AlreadyStored = existing.Key, true
 			return res, nil
 		}
-		res.Replaced = kind == archive.Partial && match == storage.StoredIsPrefix
+		res.Replaced = kind == Partial && match == storage.StoredIsPrefix
 		if !res.Replaced {
 			return res, fmt.Errorf("%w: %s is already in repository %s with different content: refusing to overwrite it "+
 				"(is another cluster, or a restored copy of this one, archiving into the same repository?)",
@@ -157,10 +156,10 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 			return res, err
 		}
 	}
-	if kind == archive.Segment {
+	if kind == Segment {
 		// The complete segment supersedes its partials, as in `stream`;
 		// a leftover partial is harmless (wal-fetch prefers the segment).
-		_ = archive.RemovePartials(ctx, repo, name)
+		_ = RemovePartials(ctx, repo, name)
 	}
 	return res, nil
 }
@@ -168,20 +167,20 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 // checkWALFile checks a file against the repository's identity before it
 // is stored: segments must be one segment long and their first page header
 // must name this cluster, this segment size and this segment's position.
-func checkWALFile(f *os.File, name string, kind archive.Kind, size int64, cfg *storage.Config) error {
+func checkWALFile(f *os.File, name string, kind Kind, size int64, cfg *storage.Config) error {
 	segSize := int64(cfg.WALSegmentSize)
 	switch kind {
-	case archive.History, archive.BackupLabel:
+	case History, BackupLabel:
 		if size > maxSmallWALFileLen {
 			return fmt.Errorf("%s has %d bytes: too large for a history file", name, size)
 		}
 		return nil
-	case archive.Segment:
+	case Segment:
 		if segSize > 0 && size != segSize {
 			return fmt.Errorf("%s has %d bytes, but this cluster's WAL segments have %d (repository %s): not a complete segment",
 				name, size, segSize, storage.ConfigKey)
 		}
-	case archive.Partial:
+	case Partial:
 		if segSize > 0 && size > segSize {
 			return fmt.Errorf("%s has %d bytes, more than a WAL segment (%d)", name, size, segSize)
 		}
@@ -211,7 +210,7 @@ func checkWALFile(f *os.File, name string, kind archive.Kind, size int64, cfg *s
 		return storage.Permanent(fmt.Errorf("%w: %s is WAL of another cluster (%s): archive it into that cluster's repository",
 			storage.ErrWrongCluster, name, strings.Join(problems, "; ")))
 	}
-	n, err := archive.ParseName(seg, uint64(fileSegSize))
+	n, err := ParseName(seg, uint64(fileSegSize))
 	if err != nil {
 		return err
 	}
