@@ -47,7 +47,7 @@ func ParseHistory(content []byte) ([]HistoryEntry, error) {
 		if err != nil || tli == 0 {
 			return nil, fmt.Errorf("bad timeline history line %q: no timeline number", line)
 		}
-		sp, err := parseLSN(f[1])
+		sp, err := replication.ParseLSN(f[1])
 		if err != nil {
 			return nil, fmt.Errorf("bad timeline history line %q: %w", line, err)
 		}
@@ -63,21 +63,6 @@ func ParseHistory(content []byte) ([]HistoryEntry, error) {
 		return nil, fmt.Errorf("read timeline history: %w", err)
 	}
 	return out, nil
-}
-
-// parseLSN parses "X/Y" strictly (pglogrepl.ParseLSN accepts trailing
-// garbage).
-func parseLSN(s string) (LSN, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok || hi == "" || lo == "" || len(hi) > 8 || len(lo) > 8 {
-		return 0, fmt.Errorf("bad LSN %q", s)
-	}
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bad LSN %q", s)
-	}
-	return LSN(h<<32 | l), nil
 }
 
 // Span is the part of the WAL that timeline TLI contributes to a path:
