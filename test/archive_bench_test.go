@@ -94,7 +94,7 @@ func BenchmarkArchiveScale(b *testing.B) {
 	archiveLogf("padding written in %v", time.Since(padStart).Round(time.Second))
 	for _, be := range a.backends {
 		for i, n := range sizes {
-			checkPadded(b, bin, be, be.urls[i], len(a.segments)+n)
+			checkPadded(b, bin, be, be.urls[i], be.dirs[i], len(a.segments)+n)
 		}
 	}
 
@@ -512,10 +512,30 @@ func setXattrs(path string, attrs map[string][]byte) error {
 	return nil
 }
 
-// checkPadded runs `status --json` once (which also warms the caches) and
-// checks that the repository shows want complete segments, one partial and
-// no gap: the padding is listed like real objects.
-func checkPadded(b *testing.B, bin string, be *archiveBackend, url string, want int) {
+// checkPadded counts the segment objects in the repository's directory
+// (want: the real ones and the padding), then runs `status --json` once
+// (which also warms the caches) and checks that it sees one partial and no
+// gap. status lists only the WAL from the oldest backup on, so its segment
+// count leaves the older padding out.
+func checkPadded(b *testing.B, bin string, be *archiveBackend, url, dir string, want int) {
+	f, err := os.Open(filepath.Join(dir, "wal"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stored := 0
+	for _, n := range names {
+		if base, _, _ := storage.SplitExt(n); archive.KindOf(base) == archive.Segment {
+			stored++
+		}
+	}
+	if stored != want {
+		b.Fatalf("%s: %s holds %d segment objects, want %d", be.name, dir, stored, want)
+	}
 	began := time.Now()
 	res := runArchiveCmd(b, bin, be.env, "", "status", "--repo", url, "--json")
 	if res.code != 0 && res.code != 5 {
@@ -534,11 +554,11 @@ func checkPadded(b *testing.B, bin string, be *archiveBackend, url string, want 
 		b.Fatalf("%s: status --json: %v\n%s", be.name, err, res.stdout)
 	}
 	r := st.Repository
-	if r.WALSegments != want || r.WALPartials != 1 || len(r.WALGaps) != 0 {
-		b.Fatalf("%s: %s lists %d segments, %d partials, gaps %v; want %d, 1, none", be.name, url, r.WALSegments, r.WALPartials, r.WALGaps, want)
+	if r.WALPartials != 1 || len(r.WALGaps) != 0 {
+		b.Fatalf("%s: %s lists %d partials, gaps %v; want 1, none", be.name, url, r.WALPartials, r.WALGaps)
 	}
-	archiveLogf("%-5s %-60s %6d segments, newest WAL %v, exit %d, problems %q (status --json: %v)",
-		be.name, url, r.WALSegments, r.NewestWAL["name"], res.code, st.Problems, time.Since(began).Round(time.Millisecond))
+	archiveLogf("%-5s %-60s %6d segment objects, status lists %d (from the backup on), newest WAL %v, exit %d, problems %q (status --json: %v)",
+		be.name, url, stored, r.WALSegments, r.NewestWAL["name"], res.code, st.Problems, time.Since(began).Round(time.Millisecond))
 }
 
 // archiveOp is one measured operation.
