@@ -142,10 +142,17 @@ func Retention(ctx context.Context, repo *storage.Repository, opts RetentionOpti
 	}
 	log := opts.Log
 	for _, b := range res.Backups {
-		for _, k := range b.keys {
-			if err := repo.Backend().Delete(ctx, k); err != nil {
-				return res, fmt.Errorf("delete backup %s: %w (run delete again to finish; the backup is incomplete now)", b.ID, err)
+		rest := b.keys
+		if b.Complete && len(rest) > 0 {
+			// backup.json alone and first: from here on the backup is
+			// incomplete, never a complete one with missing parts.
+			if err := repo.Backend().Delete(ctx, rest[0]); err != nil {
+				return res, fmt.Errorf("delete backup %s: %w (nothing of it was deleted; run delete again)", b.ID, err)
 			}
+			rest = rest[1:]
+		}
+		if err := repo.Backend().DeleteMany(ctx, rest); err != nil {
+			return res, fmt.Errorf("delete backup %s: %w (run delete again to finish; the backup is incomplete now)", b.ID, err)
 		}
 		log.Info("deleted backup", "backup", b.ID, "complete", b.Complete, "objects", b.Objects, "bytes", b.Bytes)
 	}
