@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -41,49 +42,39 @@ func (r *Repository) Create(ctx context.Context, base string) (*Writer, error) {
 // Find returns the stored key of the object base, whatever codec it was
 // written with, or an error matching ErrNotFound. Its cost does not depend
 // on how many objects the repository holds: it stats the name with this
-// repository's codec extension first; then, on a backend where a stat is
-// cheap (the local directory), the other extensions; elsewhere (S3) it
-// lists the keys that start with base, which the server answers from an
-// index.
+// repository's codec extension first, then the other extensions at once.
+// No listing: an S3 server answers a HEAD from its index, while a listing
+// can cost what the prefix's directory holds (versitygw's posix backend
+// reads the directory), and a HEAD request is cheaper than a LIST on AWS.
 func (r *Repository) Find(ctx context.Context, base string) (ObjectInfo, error) {
 	info, err := r.b.Stat(ctx, base+r.codec.Ext())
 	if !errors.Is(err, ErrNotFound) {
 		return info, err
 	}
-	if _, ok := r.b.(cheapStat); ok {
-		for _, c := range codecOrder {
-			if c == r.codec {
-				continue
-			}
-			info, err := r.b.Stat(ctx, base+c.Ext())
-			if !errors.Is(err, ErrNotFound) {
-				return info, err
-			}
+	others := make([]Codec, 0, len(codecOrder)-1)
+	for _, c := range codecOrder {
+		if c != r.codec {
+			others = append(others, c)
 		}
-		return ObjectInfo{}, fmt.Errorf("%s: %w", base, ErrNotFound)
 	}
-	var found *ObjectInfo
-	err = r.b.List(ctx, base, func(o ObjectInfo) error {
-		if b, _, _ := SplitExt(o.Key); b == base && found == nil {
-			found = &o
+	infos := make([]ObjectInfo, len(others))
+	errs := make([]error, len(others))
+	var wg sync.WaitGroup
+	for i, c := range others {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			infos[i], errs[i] = r.b.Stat(ctx, base+c.Ext())
+		}()
+	}
+	wg.Wait()
+	for i := range others {
+		if !errors.Is(errs[i], ErrNotFound) {
+			return infos[i], errs[i]
 		}
-		return nil
-	})
-	if err != nil {
-		return ObjectInfo{}, err
 	}
-	if found == nil {
-		return ObjectInfo{}, fmt.Errorf("%s: %w", base, ErrNotFound)
-	}
-	return *found, nil
+	return ObjectInfo{}, fmt.Errorf("%s: %w", base, ErrNotFound)
 }
-
-// cheapStat marks a backend whose Stat is a local system call, so probing
-// a few names beats a listing.
-type cheapStat interface{ cheapStat() }
-
-func (*Local) cheapStat()  {}
-func (*Memory) cheapStat() {}
 
 // Open opens the stored object key (as listed, with its extension) for a
 // verified read.
