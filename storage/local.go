@@ -240,7 +240,7 @@ func (l *Local) ListFrom(ctx context.Context, prefix, after string, fn func(Obje
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
 		dirKey, namePrefix = prefix[:i+1], prefix[i+1:]
 	}
-	var keys []string
+	var keys []ObjectInfo
 	var walk func(dir, keyDir, need string) error
 	walk = func(dir, keyDir, need string) error {
 		if err := ctx.Err(); err != nil {
@@ -253,29 +253,36 @@ func (l *Local) ListFrom(ctx context.Context, prefix, after string, fn func(Obje
 			}
 			return err
 		}
-		entries, err := f.ReadDir(-1)
+		// Names only: no stat of the entries that cannot match.
+		names, err := f.Readdirnames(-1)
 		f.Close()
 		if err != nil {
 			return err
 		}
-		for _, e := range entries {
-			name := e.Name()
+		for _, name := range names {
 			if strings.HasPrefix(name, ".") || !strings.HasPrefix(name, need) {
 				continue
 			}
 			key := keyDir + name
-			switch {
-			case e.IsDir():
-				// Every key below sorts after key+"/"; skip the subtree
-				// when all of it sorts before after.
-				if after != "" && key+"/" < after && !strings.HasPrefix(after, key+"/") {
-					continue
+			// A file counts when it sorts after after; a directory when
+			// some key below it (all start with key+"/") can.
+			if after != "" && key <= after && key+"/" <= after && !strings.HasPrefix(after, key+"/") {
+				continue
+			}
+			st, err := os.Lstat(filepath.Join(dir, name))
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue // deleted while listing
 				}
+				return err
+			}
+			switch {
+			case st.IsDir():
 				if err := walk(filepath.Join(dir, name), key+"/", ""); err != nil {
 					return err
 				}
-			case e.Type().IsRegular() && key > after:
-				keys = append(keys, key)
+			case st.Mode().IsRegular() && key > after:
+				keys = append(keys, ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()})
 			}
 		}
 		return nil
@@ -283,19 +290,9 @@ func (l *Local) ListFrom(ctx context.Context, prefix, after string, fn func(Obje
 	if err := walk(filepath.Join(l.root, filepath.FromSlash(dirKey)), dirKey, namePrefix); err != nil {
 		return classify(fmt.Errorf("list %s: %w", prefix, err))
 	}
-	sort.Strings(keys)
-	for _, key := range keys {
-		st, err := os.Lstat(filepath.Join(l.root, filepath.FromSlash(key)))
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // deleted while listing
-			}
-			return classify(fmt.Errorf("list %s: %w", prefix, err))
-		}
-		if !st.Mode().IsRegular() {
-			continue
-		}
-		if err := fn(ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()}); err != nil {
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Key < keys[j].Key })
+	for _, info := range keys {
+		if err := fn(info); err != nil {
 			return err
 		}
 	}
