@@ -92,10 +92,32 @@ func (r *Repository) lockModeOf(ctx context.Context) (lockMode, error) {
 	if mode == lockWriteVerify {
 		slog.Warn("the storage server ignores conditional writes (If-None-Match / If-Match): the repository lock falls back to "+
 			"write-then-verify, which two runs starting within a second can both pass; use a server that supports them "+
-			"(AWS S3, MinIO, Versity S3 Gateway, Ceph RGW 18+)", "repository", r.b.String())
+			"(AWS S3, Versity S3 Gateway 1.8) to make the lock exclusive", "repository", r.b.String())
 	}
 	r.lockMode = mode
 	return mode, nil
+}
+
+// LocksExclusive reports whether Lock can keep runs apart on this
+// repository for certain, probing an S3 server as Lock does, and says how
+// in detail (for doctor).
+func (r *Repository) LocksExclusive(ctx context.Context) (exclusive bool, detail string, err error) {
+	mode, err := r.lockModeOf(ctx)
+	if err != nil {
+		return false, "", err
+	}
+	switch {
+	case mode == lockWriteVerify:
+		return false, "the storage server ignores conditional writes (If-None-Match / If-Match): locks fall back to " +
+			"write-then-verify, which two runs starting within a second can both pass", nil
+	case mode == lockConditionalNoDelete:
+		return true, "locks are created with If-None-Match and refreshed with If-Match; the server ignores If-Match on " +
+			"deletes, so release reads, compares and deletes", nil
+	}
+	if _, ok := r.b.(atomicConditional); ok {
+		return true, "locks are created by hard link and refreshed under flock", nil
+	}
+	return true, "the server honours If-None-Match, If-Match and conditional deletes: locks are exclusive", nil
 }
 
 // probeConditional finds out whether the backend honours conditional
