@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -68,7 +69,6 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	log := opts.Log
 	conn, err := replication.Connect(ctx, opts.DSN, "walkeeper backup", opts.ConnectTimeout)
 	if err != nil {
 		return nil, err
@@ -97,6 +97,22 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 		return nil, err
 	}
 	defer lock.Close()
+	// Everything from here runs under the lock's context: it ends when
+	// the lock is lost, and then the backup fails.
+	meta, err := runLocked(lock.Context(), opts, lock, conn, sys, want)
+	if err != nil {
+		if lerr := lock.Err(); lerr != nil {
+			return nil, lerr
+		}
+		return nil, err
+	}
+	return meta, nil
+}
+
+func runLocked(ctx context.Context, opts Options, lock *storage.Lock, conn *pgconn.PgConn, sys replication.System, want storage.Config) (*Meta, error) {
+	log := opts.Log
+	cctx, cancel := context.WithTimeout(ctx, opts.ConnectTimeout)
+	defer cancel()
 	if _, err := opts.Repo.Init(cctx, want); err != nil {
 		return nil, err
 	}
@@ -115,18 +131,13 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 			}
 		}
 	}
-	id, err := newID(ctx, opts.Repo)
+	// The first object of every backup: until backup.json joins it, list
+	// shows the backup as incomplete, whatever happens to this process.
+	id, err := startBackup(ctx, opts.Repo, walMode, time.Now, rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	b := &backup{opts: opts, log: log.With("backup", id), id: id, sys: sys, walMode: walMode, conn: conn}
-	// The first object of every backup: until backup.json joins it, list
-	// shows the backup as incomplete, whatever happens to this process.
-	host, _ := os.Hostname()
-	started := map[string]any{"id": id, "start_time": time.Now().UTC(), "host": host, "pid": os.Getpid(), "wal": walMode}
-	if err := opts.Repo.WriteJSON(ctx, storage.BackupKey(id, startedName), started); err != nil {
-		return nil, fmt.Errorf("start backup %s: %w", id, err)
-	}
+	b := &backup{opts: opts, log: log.With("backup", id), id: id, sys: sys, walMode: walMode, conn: conn, lock: lock}
 	meta, err := b.run(ctx)
 	if err != nil {
 		b.cleanup()
@@ -138,24 +149,28 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 // startedName is the object written when a backup starts.
 const startedName = "started.json"
 
-// newID returns an unused ID made of the current UTC time.
-func newID(ctx context.Context, repo *storage.Repository) (string, error) {
-	t := time.Now().UTC()
-	for i := 0; i < 100; i++ {
-		id := t.Add(time.Duration(i) * time.Second).Format(idFormat)
-		used := false
-		err := repo.Backend().List(ctx, storage.BackupsPrefix+id+"/", func(storage.ObjectInfo) error {
-			used = true
-			return errors.New("stop")
-		})
-		if err != nil && !used {
+// startBackup picks a new backup ID and creates its started.json, only if
+// that does not exist: a backup never writes into another's directory,
+// even when two start in the same millisecond (the random part of the ID
+// makes that unlikely, the conditional create makes it harmless).
+func startBackup(ctx context.Context, repo *storage.Repository, walMode string, now func() time.Time, rnd io.Reader) (string, error) {
+	host, _ := os.Hostname()
+	for range 5 {
+		t := now().UTC()
+		id, err := NewID(t, rnd)
+		if err != nil {
 			return "", err
 		}
-		if !used {
+		started := map[string]any{"id": id, "start_time": t, "host": host, "pid": os.Getpid(), "wal": walMode}
+		err = repo.CreateJSON(ctx, storage.BackupKey(id, startedName), started)
+		if err == nil {
 			return id, nil
 		}
+		if !errors.Is(err, storage.ErrExists) {
+			return "", fmt.Errorf("start backup %s: %w", id, err)
+		}
 	}
-	return "", errors.New("no free backup ID")
+	return "", errors.New("start backup: five new backup IDs were all taken: check the clock and the random source")
 }
 
 type backup struct {
@@ -165,6 +180,7 @@ type backup struct {
 	sys     replication.System
 	walMode string
 	conn    *pgconn.PgConn
+	lock    *storage.Lock
 	ctx     context.Context
 
 	cur      *storage.Writer
@@ -233,6 +249,10 @@ func (b *backup) run(ctx context.Context) (*Meta, error) {
 	for _, o := range b.objects {
 		meta.Size += o.Size
 		meta.StoredSize += o.StoredSize
+	}
+	// Still ours? A backup whose lock was lost is not marked complete.
+	if err := b.lock.Refresh(ctx); err != nil {
+		return nil, fmt.Errorf("before writing backup.json: %w", err)
 	}
 	// The commit marker, written last.
 	if err := b.opts.Repo.WriteJSON(ctx, storage.BackupMetaKey(b.id), meta); err != nil {

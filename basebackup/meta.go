@@ -2,7 +2,10 @@ package basebackup
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -69,12 +72,47 @@ func (i Info) StartTime() time.Time {
 	if i.Meta != nil {
 		return i.Meta.StartTime
 	}
-	t, _ := time.Parse(idFormat, strings.SplitN(i.ID, ".", 2)[0])
+	t, _ := ParseID(i.ID)
 	return t
 }
 
-// idFormat makes IDs that sort by start time.
-const idFormat = "20060102T150405Z"
+// Backup IDs are the UTC start time to the millisecond and six random hex
+// digits, 20261126T013500.123Z-3f9a1c: they sort by start time (to the
+// millisecond), and two backups started in the same millisecond still get
+// different IDs. Repositories written before kept 20261126T013500Z, which
+// ParseID still reads.
+const (
+	idFormat    = "20060102T150405.000Z"
+	oldIDFormat = "20060102T150405Z"
+	idRandom    = 3 // bytes, six hex digits
+)
+
+// NewID returns the ID of a backup started at t, with its random part read
+// from rnd.
+func NewID(t time.Time, rnd io.Reader) (string, error) {
+	var b [idRandom]byte
+	if _, err := io.ReadFull(rnd, b[:]); err != nil {
+		return "", fmt.Errorf("backup ID: %w", err)
+	}
+	return t.UTC().Format(idFormat) + "-" + hex.EncodeToString(b[:]), nil
+}
+
+// ParseID returns the start time a backup ID names; ok is false for a
+// name that is not a walkeeper backup ID.
+func ParseID(id string) (t time.Time, ok bool) {
+	if ts, suffix, found := strings.Cut(id, "-"); found {
+		if len(suffix) != 2*idRandom {
+			return time.Time{}, false
+		}
+		if _, err := hex.DecodeString(suffix); err != nil {
+			return time.Time{}, false
+		}
+		t, err := time.Parse(idFormat, ts)
+		return t, err == nil
+	}
+	t, err := time.Parse(oldIDFormat, id)
+	return t, err == nil
+}
 
 // List returns every backup in the repository, oldest first by start time
 // (not by name), complete or not.

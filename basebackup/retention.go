@@ -122,13 +122,23 @@ func Retention(ctx context.Context, repo *storage.Repository, opts RetentionOpti
 		}
 		return nil, err
 	}
-	if !opts.DryRun {
-		lock, err := repo.Lock(ctx, "retention", "delete")
-		if err != nil {
-			return nil, err
-		}
-		defer lock.Close()
+	if opts.DryRun {
+		return retention(ctx, repo, cfg, opts)
 	}
+	lock, err := repo.Lock(ctx, "retention", "delete")
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	// Deleting stops when the lock is lost: another delete may run.
+	res, err := retention(lock.Context(), repo, cfg, opts)
+	if lerr := lock.Err(); err != nil && lerr != nil {
+		return res, fmt.Errorf("%w (run delete again to finish)", lerr)
+	}
+	return res, err
+}
+
+func retention(ctx context.Context, repo *storage.Repository, cfg *storage.Config, opts RetentionOptions) (*RetentionResult, error) {
 	in, err := readRetentionInput(ctx, repo, cfg.WALSegmentSize)
 	if err != nil {
 		return nil, err

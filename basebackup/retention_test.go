@@ -133,6 +133,32 @@ func TestRetentionKeepsRecentIncomplete(t *testing.T) {
 	}
 }
 
+// TestRetentionReadsBothIDFormats: an old incomplete backup is judged by
+// the start time in its ID, in the millisecond format as in the one before
+// it; a name that is no backup ID is left alone.
+func TestRetentionReadsBothIDFormats(t *testing.T) {
+	ctx := context.Background()
+	repo := memRepo()
+	ids, incomplete := backuptest.TimelineHistory(t, repo)
+	const newFormat = "20241202T000000.250Z-0a1b2c"
+	backuptest.Backup{ID: newFormat, Start: time.Date(2024, 12, 2, 0, 0, 0, 250e6, time.UTC), Timeline: 1, StartLSN: "0/1000028"}.Write(t, repo)
+	backuptest.Backup{ID: "nightly", Start: time.Date(2024, 12, 3, 0, 0, 0, 0, time.UTC), Timeline: 1, StartLSN: "0/1000028"}.Write(t, repo)
+	res, err := basebackup.Retention(ctx, repo, basebackup.RetentionOptions{Retain: 4, Now: time.Now().Add(72 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deleted []string
+	for _, b := range res.Backups {
+		deleted = append(deleted, b.ID)
+	}
+	if want := []string{incomplete, newFormat}; !slices.Equal(deleted, want) {
+		t.Errorf("deleted %v, want the old incomplete backups %v", deleted, want)
+	}
+	if got, want := backupIDs(t, repo), append(slices.Clone(ids), "nightly"); !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+		t.Errorf("backups left: %v, want %v", got, want)
+	}
+}
+
 // TestRetentionRefusesToDeleteEverything: the only backup stays without
 // Force, and nothing is deleted; with Force it goes and WAL stays.
 func TestRetentionRefusesToDeleteEverything(t *testing.T) {

@@ -94,6 +94,7 @@ var doctorChecks = []doctorCheck{
 	{"archive_command", needServer, (*doctor).archiveCommand},
 	{"repository_identity", needRepo, (*doctor).repositoryIdentity},
 	{"repository_access", needRepo, (*doctor).repositoryAccess},
+	{"repository_locks", needRepo, (*doctor).repositoryLocks},
 	{"free_space", needRepo, (*doctor).freeSpace},
 }
 
@@ -556,6 +557,27 @@ func (d *doctor) s3Probe(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// repositoryLocks checks that the repository's locks keep runs apart: an
+// S3-compatible server may ignore conditional writes.
+func (d *doctor) repositoryLocks(ctx context.Context) CheckResult {
+	if d.opts.LocalPath != "" {
+		if _, exists := existingDir(d.opts.LocalPath); !exists {
+			return checkOK("a local directory: locks are created by hard link and refreshed under flock")
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
+	defer cancel()
+	exclusive, detail, err := d.opts.Repo.LocksExclusive(sctx)
+	switch {
+	case err != nil:
+		return checkFail(err.Error(), d.repoHint())
+	case !exclusive:
+		return checkWarn(detail, "use an S3 server that supports conditional writes (AWS S3, Versity S3 Gateway 1.8); "+
+			"until then, never start two backups or two deletes at the same moment")
+	}
+	return checkOK("%s", detail)
 }
 
 // existingDir returns path if it is an existing directory, else its

@@ -52,7 +52,7 @@ func TestDoctorRepositoryOnly(t *testing.T) {
 		got[r.Check] = r.Status
 	}
 	for name, want := range map[string]Level{"connect": LevelSkip, "wal_level": LevelSkip, "repository_identity": LevelOK,
-		"repository_access": LevelOK, "free_space": LevelSkip} {
+		"repository_access": LevelOK, "repository_locks": LevelOK, "free_space": LevelSkip} {
 		if got[name] != want {
 			t.Errorf("%s: %s, want %s", name, got[name], want)
 		}

@@ -147,11 +147,52 @@ type SlotStatus struct {
 	// WALStatus is pg_replication_slots.wal_status: reserved, extended,
 	// unreserved or lost.
 	WALStatus string `json:"wal_status,omitempty"`
-	// SafeWALSize is null when max_slot_wal_keep_size is -1 (unlimited).
+	// SafeWALSize is pg_replication_slots.safe_wal_size: how much more WAL
+	// the server may write before the slot is invalidated. It is null for
+	// three reasons, which SafeWALSizeReason names.
 	SafeWALSize *int64 `json:"safe_wal_size"`
+	// SafeWALSizeReason says why SafeWALSize is null (empty when it is
+	// not): SafeWALSizeUnlimited, SafeWALSizeLost or SafeWALSizeNoWAL.
+	SafeWALSizeReason string `json:"safe_wal_size_reason,omitempty"`
+	// MaxSlotWALKeepSize is the server's max_slot_wal_keep_size in bytes,
+	// -1 for unlimited (PostgreSQL's spelling).
+	MaxSlotWALKeepSize *int64 `json:"max_slot_wal_keep_size,omitempty"`
 	// LagBytes is the server's current position minus restart_lsn: the
 	// WAL the slot makes the server keep.
 	LagBytes *int64 `json:"lag_bytes"`
+}
+
+// Why a slot's safe_wal_size is null (SlotStatus.SafeWALSizeReason).
+const (
+	// SafeWALSizeUnlimited: max_slot_wal_keep_size = -1, the slot may hold
+	// back WAL without bound.
+	SafeWALSizeUnlimited = "unlimited"
+	// SafeWALSizeLost: the slot was invalidated (wal_status = lost); no WAL
+	// is left to lose.
+	SafeWALSizeLost = "lost"
+	// SafeWALSizeNoWAL: the slot reserves no WAL (no restart_lsn).
+	SafeWALSizeNoWAL = "no_wal_reserved"
+)
+
+// safeWALSizeText is the text report's safe_wal_size line.
+func (sl *SlotStatus) safeWALSizeText() string {
+	setting := "unknown"
+	if n := sl.MaxSlotWALKeepSize; n != nil && *n < 0 {
+		setting = "-1"
+	} else if n != nil {
+		setting = units.FormatSize(*n)
+	}
+	switch {
+	case sl.SafeWALSize != nil:
+		return fmt.Sprintf("%s (max_slot_wal_keep_size = %s)", units.FormatSize(*sl.SafeWALSize), setting)
+	case sl.SafeWALSizeReason == SafeWALSizeLost:
+		return fmt.Sprintf("none left (slot lost; max_slot_wal_keep_size = %s)", setting)
+	case sl.SafeWALSizeReason == SafeWALSizeUnlimited:
+		return "unlimited (max_slot_wal_keep_size = -1)"
+	case sl.SafeWALSizeReason == SafeWALSizeNoWAL:
+		return fmt.Sprintf("unknown: the slot reserves no WAL (max_slot_wal_keep_size = %s)", setting)
+	}
+	return "unknown"
 }
 
 // StreamReport is one stream heartbeat.
@@ -339,7 +380,10 @@ const serverQuery = `SELECT pg_is_in_recovery(), current_setting('server_version
   CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::text
        ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END`
 
-const slotQuery = `SELECT slot_type, active, restart_lsn::text, wal_status, safe_wal_size::text
+// slotQuery reads the slot and max_slot_wal_keep_size, without which a null
+// safe_wal_size cannot be told apart (unlimited, or lost).
+const slotQuery = `SELECT slot_type, active, restart_lsn::text, wal_status, safe_wal_size::text,
+  pg_size_bytes(current_setting('max_slot_wal_keep_size'))::text
   FROM pg_replication_slots WHERE slot_name = $1`
 
 func collectServer(ctx context.Context, dsn string, timeout time.Duration, slot, source string) (*ServerStatus, *SlotStatus) {
@@ -394,12 +438,21 @@ func readSlot(ctx context.Context, sess *sqlSession, name, current string) (*Slo
 	if err != nil || row == nil {
 		return sl, err
 	}
+	if len(row) != 6 {
+		return sl, fmt.Errorf("slot query returned %d columns, want 6", len(row))
+	}
 	sl.Exists, sl.Type, sl.Active = true, row[0].S, row[1].S == "t"
 	sl.RestartLSN, sl.WALStatus = row[2].S, row[3].S
 	if !row[4].Null {
 		if n, err := strconv.ParseInt(row[4].S, 10, 64); err == nil {
 			sl.SafeWALSize = &n
 		}
+	}
+	if n, err := strconv.ParseInt(row[5].S, 10, 64); err == nil && !row[5].Null {
+		sl.MaxSlotWALKeepSize = &n
+	}
+	if sl.SafeWALSize == nil {
+		sl.SafeWALSizeReason = safeWALSizeReason(sl)
 	}
 	cur, ok1 := lsnOf(current)
 	restart, ok2 := lsnOf(sl.RestartLSN)
@@ -408,6 +461,21 @@ func readSlot(ctx context.Context, sess *sqlSession, name, current string) (*Slo
 		sl.LagBytes = &lag
 	}
 	return sl, nil
+}
+
+// safeWALSizeReason says why PostgreSQL reports a null safe_wal_size: it
+// computes none for a lost slot, a slot without restart_lsn, or when
+// max_slot_wal_keep_size is -1 (pg_get_replication_slots, slotfuncs.c).
+func safeWALSizeReason(sl *SlotStatus) string {
+	switch {
+	case sl.WALStatus == "lost":
+		return SafeWALSizeLost
+	case sl.RestartLSN == "" || sl.WALStatus == "":
+		return SafeWALSizeNoWAL
+	case sl.MaxSlotWALKeepSize != nil && *sl.MaxSlotWALKeepSize < 0:
+		return SafeWALSizeUnlimited
+	}
+	return ""
 }
 
 func lsnOf(s string) (replication.LSN, bool) {
@@ -481,11 +549,7 @@ func (r *StatusReport) WriteText(w io.Writer) error {
 			head("Slot", "%s (%s): %s %s", sl.Name, sl.Source, state, sl.Type)
 			line("restart LSN", "%s", sl.RestartLSN)
 			line("wal_status", "%s", sl.WALStatus)
-			if sl.SafeWALSize != nil {
-				line("safe_wal_size", "%s", units.FormatSize(*sl.SafeWALSize))
-			} else {
-				line("safe_wal_size", "unlimited (max_slot_wal_keep_size = -1)")
-			}
+			line("safe_wal_size", "%s", sl.safeWALSizeText())
 			if sl.LagBytes != nil {
 				line("retained", "%s", units.FormatSize(*sl.LagBytes))
 			}

@@ -114,3 +114,28 @@ func TestCollectStatusRepository(t *testing.T) {
 		}
 	}
 }
+
+// TestSafeWALSizeText: a null safe_wal_size is "unlimited" only when
+// max_slot_wal_keep_size is -1; a lost slot has none left.
+func TestSafeWALSizeText(t *testing.T) {
+	n := func(v int64) *int64 { return &v }
+	for _, tc := range []struct {
+		sl     SlotStatus
+		reason string
+		want   string
+	}{
+		{SlotStatus{RestartLSN: "0/3000000", WALStatus: "reserved", MaxSlotWALKeepSize: n(-1)}, SafeWALSizeUnlimited, "unlimited (max_slot_wal_keep_size = -1)"},
+		{SlotStatus{WALStatus: "lost", MaxSlotWALKeepSize: n(64 << 20)}, SafeWALSizeLost, "none left (slot lost; max_slot_wal_keep_size = 64.0MB)"},
+		{SlotStatus{WALStatus: "lost", MaxSlotWALKeepSize: n(-1)}, SafeWALSizeLost, "none left (slot lost; max_slot_wal_keep_size = -1)"},
+		{SlotStatus{MaxSlotWALKeepSize: n(64 << 20)}, SafeWALSizeNoWAL, "unknown: the slot reserves no WAL (max_slot_wal_keep_size = 64.0MB)"},
+		{SlotStatus{RestartLSN: "0/3000000", WALStatus: "reserved", SafeWALSize: n(48 << 20), MaxSlotWALKeepSize: n(64 << 20)}, "", "48.0MB (max_slot_wal_keep_size = 64.0MB)"},
+	} {
+		sl := tc.sl
+		if sl.SafeWALSize == nil {
+			sl.SafeWALSizeReason = safeWALSizeReason(&sl)
+		}
+		if sl.SafeWALSizeReason != tc.reason || sl.safeWALSizeText() != tc.want {
+			t.Errorf("%+v: reason %q, text %q; want %q, %q", tc.sl, sl.SafeWALSizeReason, sl.safeWALSizeText(), tc.reason, tc.want)
+		}
+	}
+}

@@ -48,6 +48,29 @@ type ObjectInfo struct {
 //     S3 in batches of up to 1000 keys a request. On an error some keys may
 //     be deleted and others not; calling it again finishes the work.
 //
+// Conditional writes, for small objects that coordinate runs (the locks, a
+// backup's started.json). Each stored state of an object has a Version;
+// the conditional operations on one key are atomic with respect to each
+// other (not with respect to an unconditional Put or Delete of that key,
+// which callers must not mix in):
+//
+//   - PutIfAbsent stores data under key only if no object is there. Of any
+//     number of concurrent PutIfAbsent calls on one key, at most one
+//     succeeds; the others, and any call while the object exists, return an
+//     error matching ErrPrecondition and change nothing. It returns the
+//     version it stored.
+//   - PutIfMatch replaces the object only if its current version is v; a
+//     missing object or another version gives ErrPrecondition.
+//   - DeleteIfMatch removes the object only if its current version is v
+//     (another version: ErrPrecondition; a missing key is not an error).
+//   - GetVersioned reads a whole small object (at most 1 MiB) and the
+//     version of exactly those bytes.
+//
+// A backend whose server refuses conditional requests returns an error
+// matching ErrConditionalUnsupported. One that silently ignores them (an S3
+// server that overwrites despite If-None-Match) cannot say so itself;
+// Repository.Lock probes for that before relying on them.
+//
 // Every method honours ctx: cancellation or a deadline ends the call.
 type Backend interface {
 	Put(ctx context.Context, key string, r io.Reader) error
@@ -57,9 +80,21 @@ type Backend interface {
 	ListFrom(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error
 	Delete(ctx context.Context, key string) error
 	DeleteMany(ctx context.Context, keys []string) error
+	PutIfAbsent(ctx context.Context, key string, data []byte) (Version, error)
+	PutIfMatch(ctx context.Context, key string, data []byte, v Version) (Version, error)
+	DeleteIfMatch(ctx context.Context, key string, v Version) error
+	GetVersioned(ctx context.Context, key string) ([]byte, Version, error)
 	// String names the backend for log lines, e.g. "s3://bucket/prefix".
 	String() string
 }
+
+// Version identifies one stored state of an object for conditional writes:
+// the S3 ETag, or a SHA-256 of the content for the local and memory
+// backends. It is opaque; compare versions only for equality.
+type Version string
+
+// maxVersioned is the largest object GetVersioned reads.
+const maxVersioned = 1 << 20
 
 // Errors a caller can classify with errors.Is.
 var (
@@ -70,6 +105,12 @@ var (
 	ErrCorrupt = errors.New("object is corrupt")
 	// ErrExists: a write-once object already exists with other content.
 	ErrExists = errors.New("object already exists")
+	// ErrPrecondition: a conditional write found the object in another
+	// state than it required (present, missing, or another version).
+	ErrPrecondition = errors.New("precondition failed")
+	// ErrConditionalUnsupported: the storage server refuses conditional
+	// writes.
+	ErrConditionalUnsupported = errors.New("the storage server does not support conditional writes")
 )
 
 // permanentError marks an error that retrying cannot fix: no space left, no
@@ -97,7 +138,7 @@ func Permanent(err error) error {
 func IsPermanent(err error) bool {
 	var p *permanentError
 	return errors.As(err, &p) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) ||
-		errors.Is(err, ErrExists)
+		errors.Is(err, ErrExists) || errors.Is(err, ErrPrecondition) || errors.Is(err, ErrConditionalUnsupported)
 }
 
 // IsRetryable reports whether trying the same operation again may succeed:

@@ -21,6 +21,17 @@
 //     layout.go and nowhere else), owns walkeeper.json, and refuses to write
 //     into a repository that belongs to another cluster or uses a newer format.
 //
+// # Conditional writes and locks
+//
+// Backends also create, replace and delete small objects conditionally
+// (PutIfAbsent, PutIfMatch, DeleteIfMatch against a Version: the S3 ETag
+// with If-None-Match / If-Match, a hard link and a flock locally, a mutex
+// in memory). Repository.Lock (lock.go) builds the repository locks on
+// them, so two runs can never both hold one; it probes an S3 server once
+// for whether it honours the headers and falls back to write-then-verify,
+// with a warning, when it does not. A holder that finds its lock replaced
+// or removed is cancelled with ErrLockLost.
+//
 // Open (open.go) is the one function that assembles these layers from a
 // --repo URL and options.
 //

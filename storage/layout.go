@@ -9,8 +9,11 @@ import "strings"
 //	wal/<TTTTTTTTXXXXXXXXYYYYYYYY>.partial<ext>
 //	                                       the newest, unfinished segment
 //	wal/<TTTTTTTT>.history<ext>            a timeline history file
-//	backups/<ID>/...                       one base backup; backup.json last
-//	locks/<name>.json                      advisory locks
+//	backups/<ID>/...                       one base backup; started.json first
+//	                                       (created only if absent), backup.json last;
+//	                                       <ID> is 20261126T013500.123Z-3f9a1c
+//	                                       (basebackup.NewID), formerly 20261126T013500Z
+//	locks/<name>.json                      locks, written only conditionally (lock.go)
 //	streams/<slot>.json                    heartbeat of a running stream
 //
 // <ext> is the codec's extension (".zst", ".lz4", ".gz", ".s2", or nothing

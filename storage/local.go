@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Local is a Backend on a local directory. Objects are regular files (mode
@@ -117,40 +119,155 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader) (err error) {
 
 // PutIfAbsent stores small data under key only if no object is there,
 // atomically: the file is written and synced under a temporary name and
-// hard-linked to its final name, which fails if that name exists. It
-// reports whether it stored the data.
-func (l *Local) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
+// hard-linked to its final name, which fails if that name exists.
+func (l *Local) PutIfAbsent(ctx context.Context, key string, data []byte) (Version, error) {
 	p, err := l.path(key)
 	if err != nil {
-		return false, err
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
 	}
 	dir := filepath.Dir(p)
 	if err := l.mkdirs(dir); err != nil {
-		return false, classify(err)
+		return "", classify(err)
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+".tmp-")
 	if err != nil {
-		return false, classify(err)
+		return "", classify(err)
 	}
 	defer os.Remove(f.Name())
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return false, classify(err)
+		return "", classify(err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return false, classify(err)
+		return "", classify(err)
 	}
 	if err := f.Close(); err != nil {
-		return false, classify(err)
+		return "", classify(err)
 	}
 	if err := os.Link(f.Name(), p); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return false, nil
+			return "", fmt.Errorf("create %s: %w: it exists", key, ErrPrecondition)
 		}
+		return "", classify(err)
+	}
+	return contentVersion(data), classify(syncDir(dir))
+}
+
+// casLockName is the file in a directory whose flock serialises the
+// compare-and-swap operations (PutIfMatch, DeleteIfMatch) on its objects.
+// PutIfAbsent needs no lock: it never changes an existing object, and the
+// others keep the object present between their check and their write.
+const casLockName = ".cas.lock"
+
+// withCASLock runs fn holding the directory's compare-and-swap lock. It
+// reports found=false, without running fn, when the directory is missing
+// (so is the object).
+func (l *Local) withCASLock(ctx context.Context, dir string, fn func() error) (found bool, err error) {
+	f, err := os.OpenFile(filepath.Join(dir, casLockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
 		return false, classify(err)
 	}
-	return true, classify(syncDir(dir))
+	defer f.Close()
+	// Holders keep the lock for one small write; poll so ctx still ends
+	// the wait behind a stuck one.
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			return false, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return true, fn()
+}
+
+// currentVersion reads the object at p; ok is false when it is missing.
+func currentVersion(p string) (v Version, ok bool, err error) {
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, classify(err)
+	}
+	return contentVersion(data), true, nil
+}
+
+// PutIfMatch replaces the object, durably as Put does, if its content has
+// version v.
+func (l *Local) PutIfMatch(ctx context.Context, key string, data []byte, v Version) (Version, error) {
+	p, err := l.path(key)
+	if err != nil {
+		return "", err
+	}
+	found, err := l.withCASLock(ctx, filepath.Dir(p), func() error {
+		cur, ok, err := currentVersion(p)
+		if err != nil {
+			return err
+		}
+		if !ok || cur != v {
+			return fmt.Errorf("replace %s: %w: it is missing or was changed", key, ErrPrecondition)
+		}
+		return l.Put(ctx, key, bytes.NewReader(data))
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("replace %s: %w: it is missing", key, ErrPrecondition)
+	}
+	if err != nil {
+		return "", err
+	}
+	return contentVersion(data), nil
+}
+
+// DeleteIfMatch removes the object if its content has version v.
+func (l *Local) DeleteIfMatch(ctx context.Context, key string, v Version) error {
+	p, err := l.path(key)
+	if err != nil {
+		return err
+	}
+	_, err = l.withCASLock(ctx, filepath.Dir(p), func() error {
+		cur, ok, err := currentVersion(p)
+		if err != nil || !ok {
+			return err
+		}
+		if cur != v {
+			return fmt.Errorf("delete %s: %w: it was changed", key, ErrPrecondition)
+		}
+		return l.Delete(ctx, key)
+	})
+	return err
+}
+
+// GetVersioned reads the whole file; files are replaced by rename, so the
+// bytes read are one version.
+func (l *Local) GetVersioned(ctx context.Context, key string) ([]byte, Version, error) {
+	rc, err := l.Get(ctx, key, 0, maxVersioned+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, "", classify(fmt.Errorf("read %s: %w", key, err))
+	}
+	if len(data) > maxVersioned {
+		return nil, "", fmt.Errorf("read %s: larger than %d bytes", key, maxVersioned)
+	}
+	return data, contentVersion(data), nil
 }
 
 // mkdirs creates dir and its missing parents with mode 0700, fsyncing each

@@ -3,6 +3,8 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"sort"
@@ -119,6 +121,83 @@ func (m *Memory) DeleteMany(ctx context.Context, keys []string) error {
 		}
 	}
 	return nil
+}
+
+// contentVersion is the Version of the local and memory backends: a
+// SHA-256 of the content, so a version names exactly those bytes.
+func contentVersion(data []byte) Version {
+	sum := sha256.Sum256(data)
+	return Version(hex.EncodeToString(sum[:]))
+}
+
+// PutIfAbsent stores a copy of data unless key exists.
+func (m *Memory) PutIfAbsent(ctx context.Context, key string, data []byte) (Version, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", Permanent(err)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.objects[key]; ok {
+		return "", fmt.Errorf("create %s: %w: it exists", key, ErrPrecondition)
+	}
+	m.objects[key] = memObject{data: bytes.Clone(data), modTime: time.Now()}
+	return contentVersion(data), nil
+}
+
+// PutIfMatch replaces key if its content has version v.
+func (m *Memory) PutIfMatch(ctx context.Context, key string, data []byte, v Version) (Version, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", Permanent(err)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.objects[key]
+	if !ok || contentVersion(o.data) != v {
+		return "", fmt.Errorf("replace %s: %w: it is missing or was changed", key, ErrPrecondition)
+	}
+	m.objects[key] = memObject{data: bytes.Clone(data), modTime: time.Now()}
+	return contentVersion(data), nil
+}
+
+// DeleteIfMatch removes key if its content has version v.
+func (m *Memory) DeleteIfMatch(ctx context.Context, key string, v Version) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.objects[key]
+	if !ok {
+		return nil
+	}
+	if contentVersion(o.data) != v {
+		return fmt.Errorf("delete %s: %w: it was changed", key, ErrPrecondition)
+	}
+	delete(m.objects, key)
+	return nil
+}
+
+// GetVersioned returns a copy of the object and its version.
+func (m *Memory) GetVersioned(ctx context.Context, key string) ([]byte, Version, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.objects[key]
+	if !ok {
+		return nil, "", fmt.Errorf("open %s: %w", key, ErrNotFound)
+	}
+	if len(o.data) > maxVersioned {
+		return nil, "", fmt.Errorf("read %s: larger than %d bytes", key, maxVersioned)
+	}
+	return bytes.Clone(o.data), contentVersion(o.data), nil
 }
 
 // Corrupt flips one bit of a stored object (for tests).

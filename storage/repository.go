@@ -17,6 +17,9 @@ import (
 type Repository struct {
 	b     Backend
 	codec Codec
+
+	lockMu   sync.Mutex
+	lockMode lockMode // how locks work on b; 0 until the first Lock finds out
 }
 
 // NewRepository wraps b; new objects are compressed with codec.

@@ -490,3 +490,104 @@ func (b *S3) DeleteMany(ctx context.Context, keys []string) error {
 	}
 	return nil
 }
+
+// classifyConditional maps the answers to a conditional request: 412
+// Precondition Failed, and 409 ConditionalRequestConflict (AWS: another
+// conditional write of the key was in flight), are ErrPrecondition; 501 Not
+// Implemented is ErrConditionalUnsupported.
+func classifyConditional(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		switch re.HTTPStatusCode() {
+		case http.StatusPreconditionFailed, http.StatusConflict:
+			return fmt.Errorf("%s %s: %w: %w", op, key, ErrPrecondition, err)
+		case http.StatusNotImplemented:
+			return fmt.Errorf("%s %s: %w: %w", op, key, ErrConditionalUnsupported, err)
+		}
+	}
+	return classifyS3(op, key, err)
+}
+
+// putConditional is one PutObject of small data with a condition header.
+func (b *S3) putConditional(ctx context.Context, op, key string, data []byte, ifNoneMatch, ifMatch *string) (Version, error) {
+	k, err := b.key(key)
+	if err != nil {
+		return "", err
+	}
+	cctx, cancel := b.callCtx(ctx)
+	defer cancel()
+	out, err := b.client.PutObject(cctx, &s3.PutObjectInput{
+		Bucket:        aws.String(b.opts.Bucket),
+		Key:           aws.String(k),
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+		IfNoneMatch:   ifNoneMatch,
+		IfMatch:       ifMatch,
+	})
+	if err != nil {
+		err = classifyConditional(op, key, err)
+		if errors.Is(err, ErrNotFound) {
+			// If-Match on a missing key: S3 answers 404 NoSuchKey.
+			err = fmt.Errorf("%s %s: %w: it is missing", op, key, ErrPrecondition)
+		}
+		return "", err
+	}
+	if out.ETag == nil {
+		return "", fmt.Errorf("%s %s: the server returned no ETag", op, key)
+	}
+	return Version(*out.ETag), nil
+}
+
+// PutIfAbsent is PutObject with If-None-Match: *.
+func (b *S3) PutIfAbsent(ctx context.Context, key string, data []byte) (Version, error) {
+	return b.putConditional(ctx, "create", key, data, aws.String("*"), nil)
+}
+
+// PutIfMatch is PutObject with If-Match: the ETag v.
+func (b *S3) PutIfMatch(ctx context.Context, key string, data []byte, v Version) (Version, error) {
+	return b.putConditional(ctx, "replace", key, data, nil, aws.String(string(v)))
+}
+
+// DeleteIfMatch is DeleteObject with If-Match: the ETag v. Servers without
+// conditional deletes answer 501 (ErrConditionalUnsupported) or ignore the
+// header; Repository.Lock probes which.
+func (b *S3) DeleteIfMatch(ctx context.Context, key string, v Version) error {
+	k, err := b.key(key)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := b.callCtx(ctx)
+	defer cancel()
+	_, err = b.client.DeleteObject(cctx, &s3.DeleteObjectInput{Bucket: aws.String(b.opts.Bucket), Key: aws.String(k), IfMatch: aws.String(string(v))})
+	err = classifyConditional("delete", key, err)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// GetVersioned is one GetObject: the body and the ETag of that body.
+func (b *S3) GetVersioned(ctx context.Context, key string) ([]byte, Version, error) {
+	k, err := b.key(key)
+	if err != nil {
+		return nil, "", err
+	}
+	cctx, cancel := b.callCtx(ctx)
+	defer cancel()
+	out, err := b.client.GetObject(cctx, &s3.GetObjectInput{Bucket: aws.String(b.opts.Bucket), Key: aws.String(k)})
+	if err != nil {
+		return nil, "", classifyS3("download", key, err)
+	}
+	defer out.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(out.Body, maxVersioned+1))
+	if err != nil {
+		return nil, "", classifyS3("download", key, err)
+	}
+	if len(data) > maxVersioned {
+		return nil, "", fmt.Errorf("read %s: larger than %d bytes", key, maxVersioned)
+	}
+	return data, Version(aws.ToString(out.ETag)), nil
+}

@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -251,7 +252,6 @@ func TestBackupKilledMidway(t *testing.T) {
 	if !strings.Contains(stdout, "incomplete") {
 		t.Errorf("list table: %s", stdout)
 	}
-	time.Sleep(1100 * time.Millisecond) // a new ID
 	id := runBackup(t, nil, repoDir, c.DSN(harness.ReplicationUser))
 	rows = listBackups(t, nil, repoDir)
 	if countStatus(rows, "complete") != 1 || rows[len(rows)-1]["id"] != id {
@@ -283,6 +283,141 @@ func TestConcurrentBackups(t *testing.T) {
 	}
 	if rows := listBackups(t, nil, repoDir); countStatus(rows, "complete") != 1 || len(rows) != 1 {
 		t.Errorf("list: %v", rows)
+	}
+}
+
+// TestConcurrentBackupsS3 releases two backups into one S3 repository at the
+// same instant, five times: each time exactly one succeeds and the other
+// exits 3 without writing anything; every backup directory holds only its
+// own objects, and verify passes.
+func TestConcurrentBackupsS3(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-lock-s3"})
+	c.Pgbench(t, "-i", "-s", "1", "-q")
+	target := repoTargets(t)[1]
+	if target.name != "s3" {
+		t.Fatalf("repoTargets()[1] is %s, want s3", target.name)
+	}
+	args := []string{"backup", "--repo", target.url, "--dsn", c.DSN(harness.ReplicationUser), "--wal", "include"}
+	winners := map[string]int{} // backup ID -> pid of the run that printed it
+	for trial := range 5 {
+		// Both processes wait on a pipe, then run at once when it closes.
+		var gates []*os.File
+		var runs []*proc
+		for range 2 {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command("/bin/sh", append([]string{"-c", `read go; exec "$0" "$@"`, walkeeperBin}, args...)...)
+			cmd.Stdin = r
+			runs = append(runs, startWalkeeperCmd(t, cmd, target.env, args))
+			r.Close()
+			gates = append(gates, w)
+		}
+		for _, w := range gates {
+			w.Close()
+		}
+		codes := make([]int, 2)
+		for i, p := range runs {
+			<-p.done
+			codes[i] = p.cmd.ProcessState.ExitCode()
+		}
+		if !(codes[0] == 0 && codes[1] == 3 || codes[0] == 3 && codes[1] == 0) {
+			t.Fatalf("trial %d: exit codes %v, want one 0 and one 3\nA: %s\nB: %s", trial, codes, runs[0].output(), runs[1].output())
+		}
+		winner, loser := runs[0], runs[1]
+		if codes[0] == 3 {
+			winner, loser = loser, winner
+		}
+		if !strings.Contains(loser.output(), "locked") {
+			t.Errorf("trial %d: refused backup says: %s", trial, loser.output())
+		}
+		var id string
+		for _, line := range strings.Split(winner.output(), "\n") {
+			if line != "" && !strings.HasPrefix(line, "{") {
+				id = line
+			}
+		}
+		if _, dup := winners[id]; dup || id == "" {
+			t.Fatalf("trial %d: backup printed ID %q (IDs so far %v):\n%s", trial, id, winners, winner.output())
+		}
+		winners[id] = winner.cmd.Process.Pid
+	}
+
+	rows := listBackups(t, target.env, target.url)
+	if len(rows) != 5 || countStatus(rows, "complete") != 5 {
+		t.Fatalf("list after 5 trials: %v", rows)
+	}
+	repo := target.open(t)
+	ctx := context.Background()
+	for id, pid := range winners {
+		meta := readMeta(t, repo, id)
+		own := map[string]bool{storage.BackupKey(id, "started.json"): true, storage.BackupMetaKey(id): true}
+		for _, o := range meta.Objects {
+			own[o.Key] = true
+		}
+		var stored []string
+		if err := repo.Backend().List(ctx, storage.BackupKey(id, ""), func(o storage.ObjectInfo) error {
+			stored = append(stored, o.Key)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(stored) != len(own) {
+			t.Errorf("backup %s holds %v, its backup.json lists %v", id, stored, own)
+		}
+		for _, k := range stored {
+			if !own[k] {
+				t.Errorf("backup %s holds %s, which its backup.json does not list", id, k)
+			}
+		}
+		var started struct {
+			ID  string `json:"id"`
+			PID int    `json:"pid"`
+		}
+		if err := repo.ReadJSON(ctx, storage.BackupKey(id, "started.json"), &started); err != nil {
+			t.Fatal(err)
+		}
+		if started.ID != id || started.PID != pid {
+			t.Errorf("backups/%s/started.json = %+v, want id %s pid %d (the run that printed the ID)", id, started, id, pid)
+		}
+	}
+	runVerify(t, target, 0)
+}
+
+// TestBackupLosesItsLock: while a backup into S3 runs, another run takes
+// its lock over. The backup notices (at the latest before it would write
+// backup.json), fails with exit 1 naming the new holder, marks nothing
+// complete, removes what it wrote and leaves the new holder's lock alone.
+func TestBackupLosesItsLock(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "backup-lost-lock"})
+	c.Pgbench(t, "-i", "-s", "2", "-q")
+	target := repoTargets(t)[1]
+	repo := target.open(t)
+	ctx := context.Background()
+	p := startWalkeeper(t, target.env, "backup", "--repo", target.url, "--dsn", c.DSN(harness.ReplicationUser), "--wal", "include", "--max-rate", "4MB")
+	waitFor(t, time.Minute, "the backup to start writing", func() bool {
+		infos, _ := basebackup.List(ctx, repo)
+		return len(infos) == 1
+	})
+	taker := storage.LockInfo{Token: "taker", Command: "backup", Host: "other-host", PID: 4242, Started: time.Now().UTC(), Heartbeat: time.Now().UTC()}
+	if err := repo.WriteJSON(ctx, storage.LockKey("backup"), taker); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Minute):
+		t.Fatal("the backup did not end")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(p.output(), "lost the repository lock") || !strings.Contains(p.output(), "other-host") {
+		t.Fatalf("backup that lost its lock: exit %d, want 1 naming the new holder:\n%s", code, p.output())
+	}
+	if rows := listBackups(t, target.env, target.url); countStatus(rows, "complete") != 0 {
+		t.Fatalf("a backup that lost its lock is listed complete: %v", rows)
+	}
+	var held storage.LockInfo
+	if err := repo.ReadJSON(ctx, storage.LockKey("backup"), &held); err != nil || held.Token != "taker" {
+		t.Fatalf("the lock after the backup stopped: %+v, %v; want the taker's", held, err)
 	}
 }
 

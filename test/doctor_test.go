@@ -72,7 +72,7 @@ func TestDoctorNamesMisconfiguration(t *testing.T) {
 		t.Errorf("replication_connection hint %q, want max_wal_senders", h)
 	}
 	wantStatus(t, results, monitor.LevelOK, "connect", "replication_role", "max_replication_slots")
-	wantStatus(t, results, monitor.LevelSkip, "repository_identity", "repository_access", "free_space")
+	wantStatus(t, results, monitor.LevelSkip, "repository_identity", "repository_access", "repository_locks", "free_space")
 }
 
 // TestDoctorPassesOnAGoodSetup: a default server with the REPLICATION role
@@ -89,13 +89,16 @@ func TestDoctorPassesOnAGoodSetup(t *testing.T) {
 				t.Fatalf("doctor on a good setup: exit %d: %s\n%v", code, stderr, results)
 			}
 			wantStatus(t, results, monitor.LevelOK, "connect", "wal_level", "max_wal_senders", "max_replication_slots",
-				"replication_connection", "replication_role", "slot", "repository_identity", "repository_access")
+				"replication_connection", "replication_role", "slot", "repository_identity", "repository_access", "repository_locks")
 			// PostgreSQL's default max_slot_wal_keep_size = -1 is a warning.
 			wantStatus(t, results, monitor.LevelWarn, "max_slot_wal_keep_size")
 			if target.name == "s3" {
 				wantStatus(t, results, monitor.LevelSkip, "free_space")
 				if d := results["repository_access"].Detail; !strings.Contains(d, "probe") {
 					t.Errorf("repository_access: %q, want the probe", d)
+				}
+				if d := results["repository_locks"].Detail; !strings.Contains(d, "If-None-Match, If-Match and conditional deletes") {
+					t.Errorf("repository_locks: %q, want versitygw's conditional writes", d)
 				}
 				var left []string
 				target.open(t).Backend().List(context.Background(), "", func(o storage.ObjectInfo) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -151,5 +152,60 @@ func TestStatusBadInput(t *testing.T) {
 		"status", "--repo", "s3://bucket/x", "--s3-endpoint", fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t)), "--s3-path-style", "--timeout", "2s")
 	if code != 1 {
 		t.Errorf("unreachable repository: exit %d, want 1: %s", code, stderr)
+	}
+}
+
+// TestStatusLostSlot: a slot invalidated under max_slot_wal_keep_size = 64MB
+// has a NULL safe_wal_size, which is not "unlimited": status says no WAL is
+// left, reports the setting, and gives the reason for the null in JSON.
+func TestStatusLostSlot(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "status-lost", ExtraConf: map[string]string{
+		"max_slot_wal_keep_size": "64MB", "min_wal_size": "32MB", "max_wal_size": "64MB",
+	}})
+	const slot = "lost_slot"
+	c.Exec(t, "SELECT pg_create_physical_replication_slot($1, true)", slot)
+	c.Exec(t, "CREATE TABLE filler (x text)")
+	// Nothing consumes the slot: write past 64MB and checkpoint until the
+	// checkpointer invalidates it.
+	waitFor(t, 3*time.Minute, "the slot to be invalidated", func() bool {
+		for range 6 {
+			c.Exec(t, "INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 1000)")
+			c.Exec(t, "SELECT pg_switch_wal()")
+		}
+		c.Exec(t, "CHECKPOINT")
+		return c.QueryString(t, "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", slot) == "lost"
+	})
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	dsn := c.DSN(harness.ReplicationUser)
+
+	rep, stderr, code := runStatus(t, nil, "--repo", repoDir, "--dsn", dsn, "--slot", slot)
+	sl := rep.Slot
+	if code != 5 || sl == nil || !sl.Exists || sl.WALStatus != "lost" || !strings.Contains(stderr, "invalidated") {
+		t.Fatalf("lost slot: exit %d, slot %+v: %s", code, sl, stderr)
+	}
+	if sl.SafeWALSize != nil || sl.SafeWALSizeReason != monitor.SafeWALSizeLost {
+		t.Errorf("safe_wal_size = %v, reason %q; want null with reason %q", sl.SafeWALSize, sl.SafeWALSizeReason, monitor.SafeWALSizeLost)
+	}
+	if sl.MaxSlotWALKeepSize == nil || *sl.MaxSlotWALKeepSize != 64<<20 {
+		t.Errorf("max_slot_wal_keep_size = %v, want %d", sl.MaxSlotWALKeepSize, 64<<20)
+	}
+	// The JSON names the fields as documented.
+	stdout, _, _ := runWalkeeper(t, nil, "status", "--json", "--repo", repoDir, "--dsn", dsn, "--slot", slot)
+	var raw struct {
+		Slot map[string]any `json:"slot"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &raw); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := raw.Slot["safe_wal_size"]; !ok || v != nil {
+		t.Errorf("JSON slot.safe_wal_size = %v (present %v), want null", v, ok)
+	}
+	if raw.Slot["safe_wal_size_reason"] != "lost" || raw.Slot["max_slot_wal_keep_size"] != float64(64<<20) {
+		t.Errorf("JSON slot section: %v", raw.Slot)
+	}
+
+	out, _, code := runWalkeeper(t, nil, "status", "--repo", repoDir, "--dsn", dsn, "--slot", slot)
+	if code != 5 || strings.Contains(out, "unlimited") || !strings.Contains(out, "none left (slot lost; max_slot_wal_keep_size = 64.0MB)") {
+		t.Errorf("text report (exit %d) of a lost slot:\n%s", code, out)
 	}
 }

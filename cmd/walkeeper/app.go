@@ -37,7 +37,8 @@ AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles).
 
 Exit codes:
   0  success
-  1  failure (the message says what failed and what to do)
+  1  failure (the message says what failed and what to do), also a run
+     that lost its repository lock to another run mid-way
   2  usage: unknown flag or command, bad flag value, bad config file
   3  another walkeeper run holds the repository lock
   4  wal-fetch: the requested file is not in the repository

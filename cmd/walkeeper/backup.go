@@ -54,7 +54,13 @@ running 'walkeeper stream' (the backup waits for it), or included in the
 backup. Page checksum failures found by the server are logged with file and
 block and recorded in backup.json.
 
-A second backup into the same repository while one runs exits with code 3.
+A second backup into the same repository while one runs exits with code 3:
+the lock (locks/backup.json) is created only if absent, also on S3
+(If-None-Match; a server that ignores it gets the older write-then-verify
+lock and a warning). A backup whose lock is taken over or removed while it
+runs stops with exit 1 and is not marked complete. IDs are the UTC start
+time to the millisecond plus six random hex digits
+(20261126T013500.123Z-3f9a1c).
 On a terminal a progress bar shows bytes done of the server's estimate; from
 cron, structured logs. The backup ID is printed alone on stdout at the end.
 

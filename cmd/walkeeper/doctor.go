@@ -36,7 +36,9 @@ replication_connection (pg_hba.conf), replication_role, slot (lost, inactive,
 holding back more than --max-slot-retained), max_slot_wal_keep_size,
 archive_command. With --repo: repository_identity (walkeeper.json matches the
 server), repository_access (S3: write, list, read and delete a probe object
-under locks/; a directory: permissions), free_space (local repository).
+under locks/; a directory: permissions), repository_locks (whether an S3
+server honours the conditional writes the locks need), free_space (local
+repository).
 
 Exit codes: 0 when no check failed (warnings allowed), 5 when any check
 failed, 2 when neither --dsn nor --repo is given.

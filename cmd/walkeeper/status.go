@@ -42,8 +42,10 @@ and its age, the newest stored WAL with its timeline, end LSN and age, gaps in
 the WAL since the oldest complete backup, total stored size), the stream
 heartbeats (alive, host, pid, flushed LSN, last heard) and, with --dsn, the
 server (reachable, primary or standby, timeline, current LSN, version) and the
-replication slot (active, restart_lsn, wal_status, safe_wal_size, WAL held
-back).
+replication slot (active, restart_lsn, wal_status, safe_wal_size with
+max_slot_wal_keep_size, WAL held back). A null safe_wal_size comes with its
+reason: unlimited (max_slot_wal_keep_size = -1), lost (no WAL left) or
+no_wal_reserved.
 
 Exit codes: 0 when the repository could be read and nothing is wrong; 5 when
 a threshold is exceeded (--max-backup-age, --max-wal-age; an empty repository

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,6 +36,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"CodecsRoundTrip", testCodecs},
 		{"CorruptObjectDetected", testCorrupt},
 		{"RepositoryIdentity", testIdentity},
+		{"ConditionalWrites", testConditional},
 	}
 	for _, tc := range tests {
 		if tc.name == "LargeObjectBoundedMemory" {
@@ -577,5 +579,128 @@ func testIdentity(t *testing.T, b storage.Backend) {
 	put(t, b, storage.ConfigKey, []byte(`{"format_version": 99, "system_identifier": "7312345678901234567"}`))
 	if _, err := repo.Init(ctx, want); !errors.Is(err, storage.ErrWrongCluster) {
 		t.Fatalf("Init on a newer format: %v, want ErrWrongCluster", err)
+	}
+}
+
+// testConditional checks the conditional writes the locks rely on: two
+// creates of one key cannot both succeed, nor two replaces of one version,
+// and a stale version neither replaces nor deletes.
+func testConditional(t *testing.T, b storage.Backend) {
+	ctx := ctxT(t)
+	const key = "cond/lock.json"
+	v1, err := b.PutIfAbsent(ctx, key, []byte("first"))
+	if err != nil {
+		t.Fatalf("PutIfAbsent of a new key: %v", err)
+	}
+	if _, err := b.PutIfAbsent(ctx, key, []byte("second")); !errors.Is(err, storage.ErrPrecondition) {
+		t.Fatalf("PutIfAbsent of an existing key: %v, want ErrPrecondition", err)
+	} else if !storage.IsPermanent(err) || storage.IsRetryable(err) {
+		t.Errorf("a failed precondition must not be retried: %v", err)
+	}
+	data, v, err := b.GetVersioned(ctx, key)
+	if err != nil || string(data) != "first" || v != v1 {
+		t.Fatalf("GetVersioned = %q, %q, %v; want \"first\", %q", data, v, err, v1)
+	}
+
+	// Racing creates of one key: exactly one wins, and its bytes are stored.
+	const racers = 16
+	var wg sync.WaitGroup
+	var won atomic.Int32
+	winner := make(chan int, racers)
+	fail := make(chan error, racers)
+	for i := range racers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := b.PutIfAbsent(ctx, "cond/race.json", []byte(fmt.Sprintf("racer %d", i)))
+			switch {
+			case err == nil:
+				won.Add(1)
+				winner <- i
+			case !errors.Is(err, storage.ErrPrecondition):
+				fail <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(fail)
+	for err := range fail {
+		t.Errorf("a racing PutIfAbsent failed: %v, want success or ErrPrecondition", err)
+	}
+	if won.Load() != 1 {
+		t.Fatalf("%d of %d racing creates of one key succeeded, want exactly 1", won.Load(), racers)
+	}
+	if got, w := string(get(t, b, "cond/race.json")), fmt.Sprintf("racer %d", <-winner); got != w {
+		t.Fatalf("race stored %q, the winner wrote %q", got, w)
+	}
+
+	// Replace: only the current version.
+	v2, err := b.PutIfMatch(ctx, key, []byte("refreshed"), v1)
+	if err != nil || v2 == v1 {
+		t.Fatalf("PutIfMatch with the current version: %q, %v; want a new version", v2, err)
+	}
+	if _, err := b.PutIfMatch(ctx, key, []byte("stale"), v1); !errors.Is(err, storage.ErrPrecondition) {
+		t.Fatalf("PutIfMatch with a replaced version: %v, want ErrPrecondition", err)
+	}
+	if _, err := b.PutIfMatch(ctx, "cond/missing.json", []byte("x"), v1); !errors.Is(err, storage.ErrPrecondition) {
+		t.Fatalf("PutIfMatch of a missing key: %v, want ErrPrecondition", err)
+	}
+	if _, err := b.Stat(ctx, "cond/missing.json"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a failed PutIfMatch created the key: %v", err)
+	}
+	won.Store(0)
+	fail = make(chan error, racers)
+	for i := range racers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := b.PutIfMatch(ctx, key, []byte(fmt.Sprintf("taker %d", i)), v2)
+			switch {
+			case err == nil:
+				won.Add(1)
+			case !errors.Is(err, storage.ErrPrecondition):
+				fail <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(fail)
+	for err := range fail {
+		t.Errorf("a racing PutIfMatch failed: %v, want success or ErrPrecondition", err)
+	}
+	if won.Load() != 1 {
+		t.Fatalf("%d of %d racing replaces of one version succeeded, want exactly 1", won.Load(), racers)
+	}
+
+	// Delete: only the current version; a missing key is no error.
+	data, v3, err := b.GetVersioned(ctx, key)
+	if err != nil || !strings.HasPrefix(string(data), "taker ") {
+		t.Fatalf("GetVersioned after the race: %q, %v", data, err)
+	}
+	if err := b.DeleteIfMatch(ctx, key, v2); !errors.Is(err, storage.ErrPrecondition) {
+		t.Fatalf("DeleteIfMatch with a replaced version: %v, want ErrPrecondition", err)
+	}
+	if got := string(get(t, b, key)); got != string(data) {
+		t.Fatalf("a failed DeleteIfMatch changed the object: %q", got)
+	}
+	if err := b.DeleteIfMatch(ctx, key, v3); err != nil {
+		t.Fatalf("DeleteIfMatch with the current version: %v", err)
+	}
+	if _, _, err := b.GetVersioned(ctx, key); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("GetVersioned after DeleteIfMatch: %v, want ErrNotFound", err)
+	}
+	if err := b.DeleteIfMatch(ctx, key, v3); err != nil {
+		t.Fatalf("DeleteIfMatch of a missing key: %v, want nil", err)
+	}
+	if _, err := b.PutIfAbsent(ctx, key, []byte("again")); err != nil {
+		t.Fatalf("PutIfAbsent after the delete: %v", err)
+	}
+	if _, err := b.PutIfAbsent(ctx, "../escape", []byte("x")); err == nil || !storage.IsPermanent(err) {
+		t.Fatalf("PutIfAbsent with key ../escape: %v, want a permanent error", err)
+	}
+	var keys []string
+	b.List(ctx, "cond/", func(o storage.ObjectInfo) error { keys = append(keys, o.Key); return nil })
+	if fmt.Sprint(keys) != "[cond/lock.json cond/race.json]" {
+		t.Errorf("cond/ lists %v: temporary or lock files are visible", keys)
 	}
 }
