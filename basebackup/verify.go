@@ -94,9 +94,6 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 	if err != nil {
 		return nil, err
 	}
-	if v.wal, err = archive.Load(ctx, repo, v.seg); err != nil {
-		return nil, err
-	}
 	if opts.Backup != "" {
 		var sel []Info
 		for _, b := range infos {
@@ -108,6 +105,16 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 			return nil, fmt.Errorf("%w %q in %s: run 'walkeeper list' for the IDs", ErrNoSuchBackup, opts.Backup, repo)
 		}
 		infos = sel
+	}
+	// One backup needs the WAL from its first segment on: list from there
+	// (the whole archive otherwise).
+	if from, ok := firstWALSegment(infos, v.seg); opts.Backup != "" && ok {
+		v.wal, err = archive.LoadFrom(ctx, repo, v.seg, from)
+	} else {
+		v.wal, err = archive.Load(ctx, repo, v.seg)
+	}
+	if err != nil {
+		return nil, err
 	}
 	var lock *storage.LockInfo
 	var li storage.LockInfo
@@ -260,6 +267,29 @@ func (v *verifier) checkBackup(ctx context.Context, b Info, objs []storage.Objec
 		}
 	}
 	return nil
+}
+
+// firstWALSegment is the first segment the complete backups among infos
+// read from the archive.
+func firstWALSegment(infos []Info, segSize uint64) (uint64, bool) {
+	var from uint64
+	found := false
+	for _, b := range infos {
+		if b.Meta == nil {
+			continue
+		}
+		lsn, err := replication.ParseLSN(b.Meta.StartLSN)
+		if b.Meta.WAL == WALInclude {
+			lsn, err = replication.ParseLSN(b.Meta.StopLSN)
+		}
+		if err != nil {
+			return 0, false
+		}
+		if seg := uint64(lsn) / segSize; !found || seg < from {
+			from, found = seg, true
+		}
+	}
+	return from, found
 }
 
 // checkBackupWAL checks that the WAL the backup needs has no gap along the
