@@ -84,6 +84,7 @@ const (
 // then the repository.
 var doctorChecks = []doctorCheck{
 	{"connect", needNothing, (*doctor).connect},
+	{"server_version", needServer, (*doctor).serverVersion},
 	{"wal_level", needServer, (*doctor).walLevel},
 	{"max_wal_senders", needServer, (*doctor).maxWALSenders},
 	{"max_replication_slots", needServer, (*doctor).maxReplicationSlots},
@@ -199,6 +200,33 @@ func (d *doctor) connect(ctx context.Context) CheckResult {
 		d.roleRead = true
 	}
 	return checkOK("PostgreSQL %s, %s, timeline %d, at %s", d.srv.Version, d.srv.Role, d.srv.Timeline, d.srv.CurrentLSN)
+}
+
+// serverVersion reports the server's version and whether walkeeper is
+// tested on its major (docs/compatibility.md).
+func (d *doctor) serverVersion(ctx context.Context) CheckResult {
+	row, err := d.sess.row(ctx, "SELECT current_setting('server_version'), current_setting('server_version_num')")
+	if err != nil {
+		return queryFailed(err)
+	}
+	if len(row) != 2 {
+		return queryFailed(errors.New("server version query returned no row"))
+	}
+	version := row[0].S
+	num, err := strconv.Atoi(row[1].S)
+	if err != nil {
+		return queryFailed(fmt.Errorf("server_version_num = %q is not a number", row[1].S))
+	}
+	major := num / 10000
+	switch replication.SupportOf(major) {
+	case replication.Unsupported:
+		return checkFail(fmt.Sprintf("PostgreSQL %s is not supported: walkeeper needs PostgreSQL %d or newer", version, replication.MinMajor),
+			fmt.Sprintf("upgrade the server to PostgreSQL %d or newer (tested: %s)", replication.MinMajor, replication.TestedList()))
+	case replication.Untested:
+		return checkWarn(replication.UntestedWarning(version, major),
+			"run walkeeper verify and a test restore on this version before relying on it; see docs/compatibility.md")
+	}
+	return checkOK("PostgreSQL %s: a tested version (walkeeper is tested on %s)", version, replication.TestedList())
 }
 
 // setting reads one server setting.

@@ -239,6 +239,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	replication.WarnUntested(s.log, sys)
 	segSize, major := sys.SegSize, sys.Major
 	s.segSize = segSize
 	// Check the repository's identity before touching the slot, and write
