@@ -396,7 +396,7 @@ func (d *doctor) replicationRole(ctx context.Context) CheckResult {
 }
 
 func (d *doctor) slotHealth(ctx context.Context) CheckResult {
-	sl, err := readSlot(ctx, d.sess, d.slotName, d.srv.CurrentLSN)
+	sl, err := readSlot(ctx, d.sess, d.slotName, &d.srv)
 	if err != nil {
 		return queryFailed(err)
 	}
@@ -410,8 +410,7 @@ func (d *doctor) slotHealth(ctx context.Context) CheckResult {
 	case sl.Type != "physical":
 		return checkFail(fmt.Sprintf("slot %q is a %s slot", name, sl.Type), "walkeeper needs a physical slot: choose another --slot")
 	case sl.WALStatus == "lost":
-		return checkFail(fmt.Sprintf("slot %q was invalidated (wal_status=lost): the server removed WAL it held", name),
-			"take a new base backup, drop the slot (pg_drop_replication_slot) and let walkeeper stream recreate it")
+		return checkFail(replication.Invalidated(name, sl.InvalidationReason))
 	}
 	retained := "unknown"
 	if sl.LagBytes != nil {

@@ -44,12 +44,19 @@ import (
 //     follows it onto timeline 2;
 //   - verify: both repositories verify clean;
 //   - across_promotion: the first backup restored from the repository
-//     alone replays across the timeline switch to the new primary's data.
+//     alone replays across the timeline switch to the new primary's data;
+//   - invalidated_slot: a slot the server invalidated (max_slot_wal_keep_size;
+//     on 18 also idle_replication_slot_timeout) is refused by stream and
+//     doctor with its reason (which the server gives from 17 on).
 //
 // The full suite runs on PostgreSQL 15 only; this one stays small.
 func TestCompat(t *testing.T) {
 	for _, major := range replication.TestedMajors() {
 		t.Run(fmt.Sprintf("pg%d", major), func(t *testing.T) {
+			// Versions share nothing; most of a step is waiting (for WAL
+			// to be stored, recovery, a checkpoint), so two at a time
+			// (go test's -parallel, GOMAXPROCS) take far less wall time.
+			t.Parallel()
 			harness.RequireServer(t, major)
 			start := time.Now()
 			runCompat(t, major)
@@ -99,6 +106,7 @@ func runCompat(t *testing.T, major int) {
 		{"promotion", (*compat).promotion},
 		{"verify", (*compat).verify},
 		{"across_promotion", (*compat).acrossPromotion},
+		{"invalidated_slot", (*compat).invalidatedSlot},
 	}
 	for _, s := range steps {
 		if !t.Run(s.name, func(t *testing.T) { s.run(c, t) }) {
@@ -440,6 +448,65 @@ func (c *compat) acrossPromotion(t *testing.T) {
 	}
 	if got := r.QueryString(t, "SELECT string_agg(phase || '=' || c, ',' ORDER BY phase) FROM (SELECT phase, count(*) c FROM fo GROUP BY phase) x"); got != "after=500,before=1000" {
 		t.Errorf("fo: %s", got)
+	}
+}
+
+// invalidatedSlot invalidates slots on the new primary and expects stream
+// and doctor to refuse them naming why. It runs last: it makes the server
+// drop WAL other slots hold.
+func (c *compat) invalidatedSlot(t *testing.T) {
+	srv := c.rep
+	reason := func(slot string) string {
+		return srv.QueryString(t, "SELECT wal_status || ' ' || "+replication.InvalidationReasonSQL(c.major)+" FROM pg_replication_slots WHERE slot_name = $1", slot)
+	}
+	type lost struct{ slot, want string }
+	var cases []lost
+	if c.major >= 18 {
+		srv.Exec(t, "SELECT pg_create_physical_replication_slot('idle', true)")
+		srv.Exec(t, "ALTER SYSTEM SET idle_replication_slot_timeout = 1")
+		srv.Exec(t, "SELECT pg_reload_conf()")
+		time.Sleep(1500 * time.Millisecond)
+		srv.Exec(t, "CHECKPOINT") // invalidates idle slots
+		if got := reason("idle"); got != "lost idle_timeout" {
+			t.Fatalf("slot idle: %q after idle_replication_slot_timeout, want lost idle_timeout", got)
+		}
+		srv.Exec(t, "ALTER SYSTEM RESET idle_replication_slot_timeout")
+		cases = append(cases, lost{"idle", "idle_replication_slot_timeout"})
+	}
+	srv.Exec(t, "SELECT pg_create_physical_replication_slot('removed', true)")
+	srv.Exec(t, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+	srv.Exec(t, "SELECT pg_reload_conf()")
+	srv.Exec(t, "CREATE TABLE churn (i int)")
+	for range 3 {
+		srv.Exec(t, "INSERT INTO churn SELECT generate_series(1, 1000)")
+		srv.Exec(t, "SELECT pg_switch_wal()")
+	}
+	srv.Exec(t, "CHECKPOINT") // removes the WAL and invalidates the slot
+	want := "lost "
+	if c.major >= 17 {
+		want += "wal_removed"
+	}
+	if got := reason("removed"); got != want {
+		t.Fatalf("slot removed: %q past max_slot_wal_keep_size, want %q", got, want)
+	}
+	wantReason := "removed WAL"
+	if c.major >= 17 {
+		wantReason = "invalidation_reason=wal_removed"
+	}
+	cases = append(cases, lost{"removed", wantReason})
+	for _, tc := range cases {
+		fresh := filepath.Join(t.TempDir(), "repo")
+		_, stderr, code := runWalkeeper(t, nil, "stream", "--repo", fresh, "--dsn", srv.DSN(harness.ReplicationUser), "--slot", tc.slot)
+		if code != 1 || !strings.Contains(stderr, "invalidated") || !strings.Contains(stderr, tc.want) {
+			t.Errorf("stream on invalidated slot %s: exit %d, want 1 naming %q: %s", tc.slot, code, tc.want, stderr)
+		}
+		if files := listAll(t, fresh); len(files) != 0 {
+			t.Errorf("stream on invalidated slot %s wrote %v", tc.slot, files)
+		}
+		results, _, code := runDoctor(t, nil, "--dsn", srv.DSN(harness.ReplicationUser), "--slot", tc.slot)
+		if r := results["slot"]; code != 5 || r.Status != "FAIL" || !strings.Contains(r.Detail+r.Hint, tc.want) {
+			t.Errorf("doctor --slot %s: exit %d, %s %q (hint %q), want FAIL naming %q", tc.slot, code, r.Status, r.Detail, r.Hint, tc.want)
+		}
 	}
 }
 

@@ -167,6 +167,15 @@ func Classify(err error, slot string) error {
 			return fmt.Errorf("replication slot %q is in use by another process (%s)", slot, pgErr.Message)
 		case strings.Contains(pgErr.Message, "logical replication slot"):
 			return Permanentf("replication slot %q is a logical slot; walkeeper needs a physical slot: choose another --slot", slot)
+		case strings.Contains(pgErr.Message, "can no longer access replication slot"):
+			// PostgreSQL 18 refuses an invalidated slot at START_REPLICATION;
+			// older servers start streaming and fail at the missing WAL.
+			reason := ""
+			if m := invalidatedDetailRE.FindStringSubmatch(pgErr.Detail); m != nil {
+				reason = m[1]
+			}
+			what, hint := Invalidated(slot, reason)
+			return Permanentf("%s: %s", what, hint)
 		case strings.Contains(pgErr.Message, "has already been removed"):
 			return Permanentf("the server already removed WAL that is needed (%s): the archive has a gap; take a new base backup", pgErr.Message)
 		}
