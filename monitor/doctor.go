@@ -447,16 +447,33 @@ func (d *doctor) archiveCommand(ctx context.Context) CheckResult {
 	if mode == "off" {
 		return checkOK("archive_mode = off (walkeeper stream archives the WAL)")
 	}
-	if lib, err := d.setting(ctx, "archive_library"); err == nil && lib != "" {
+	lib, _ := d.setting(ctx, "archive_library")
+	cmd, cmdErr := d.setting(ctx, "archive_command")
+	major, _ := replication.ParseMajor(d.srv.Version)
+	return judgeArchiving(major, mode, lib, cmd, cmdErr)
+}
+
+// judgeArchiving is the archive_command check for a server of major with
+// archive_mode on or always. archive_library (15+) wins over
+// archive_command on 15; from 16 on the server refuses to archive when
+// both are set.
+func judgeArchiving(major int, mode, lib, cmd string, cmdErr error) CheckResult {
+	cmd = strings.TrimSpace(cmd)
+	switch {
+	case lib != "" && cmdErr == nil && cmd != "" && major >= 16:
+		return checkFail(fmt.Sprintf("archive_library %q and archive_command %q are both set: PostgreSQL %d refuses to archive (the archiver exits with an error) and keeps every WAL segment", lib, cmd, major),
+			"keep one of them: for walkeeper wal-push, ALTER SYSTEM RESET archive_library and reload")
+	case lib != "" && cmdErr == nil && cmd != "":
+		return checkWarn(fmt.Sprintf("archive_library %q is set, so PostgreSQL %d ignores archive_command %q", lib, major, cmd),
+			"to archive with walkeeper wal-push, ALTER SYSTEM RESET archive_library and reload")
+	case lib != "":
 		return checkOK("archive_mode = %s with archive_library %q", mode, lib)
-	}
-	cmd, err := d.setting(ctx, "archive_command")
-	if err != nil {
-		return checkSkip(fmt.Sprintf("archive_mode = %s, but archive_command is not readable by this role (%v); grant pg_read_all_settings to check it", mode, err))
+	case cmdErr != nil:
+		return checkSkip(fmt.Sprintf("archive_mode = %s, but archive_command is not readable by this role (%v); grant pg_read_all_settings to check it", mode, cmdErr))
 	}
 	const want = "archive_command = 'walkeeper wal-push %p' (with WALKEEPER_REPO in the server's environment)"
 	switch {
-	case strings.TrimSpace(cmd) == "":
+	case cmd == "":
 		return checkWarn(fmt.Sprintf("archive_mode = %s with an empty archive_command: the server keeps every WAL segment in pg_wal", mode),
 			"set "+want+" and reload, or archive_mode = off and restart")
 	case !strings.Contains(cmd, "walkeeper") || !strings.Contains(cmd, "wal-push"):

@@ -158,15 +158,18 @@ func (c *compat) target(t *testing.T, name string) *harness.Cluster {
 	return r
 }
 
-// doctor reports the server version as a tested one.
+// doctor reports the server version as a tested one, and the primary's
+// archive_command (walkeeper wal-push) as fine.
 func (c *compat) doctor(t *testing.T) {
 	results, stderr, _ := runDoctor(t, nil, "--dsn", c.p.DSN(harness.ReplicationUser))
 	r := results["server_version"]
 	if r.Status != "OK" || !strings.Contains(r.Detail, "PostgreSQL "+c.p.Server().Version) || !strings.Contains(r.Detail, "tested") {
 		t.Errorf("server_version: %s %q, want OK naming %s as tested\n%s", r.Status, r.Detail, c.p.Server().Version, stderr)
 	}
-	if r := results["replication_connection"]; r.Status != "OK" {
-		t.Errorf("replication_connection: %s %s", r.Status, r.Detail)
+	for _, name := range []string{"replication_connection", "archive_command"} {
+		if r := results[name]; r.Status != "OK" {
+			t.Errorf("%s: %s %s", name, r.Status, r.Detail)
+		}
 	}
 }
 
