@@ -21,13 +21,13 @@ import (
 )
 
 // TestCompat runs walkeeper's operations, through the binary, against
-// every PostgreSQL major it is tested on (docs/compatibility.md). Within a
-// version the steps share one primary and two repositories, in the order
+// every PostgreSQL major it is tested on (docs/compatibility.md). Each
+// version's test starts one primary with a user tablespace whose
+// archive_command is walkeeper wal-push into a second repository (the
+// "archive", seeded by one backup), and its steps share them, in the order
 // an operator meets them:
 //
-//   - setup: a primary with a user tablespace whose archive_command is
-//     walkeeper wal-push into a second repository (the "archive"), seeded
-//     by one backup;
+//   - doctor: the server version is reported as a tested one;
 //   - stream: walkeeper stream on a physical slot, killed with SIGKILL
 //     under pgbench load and restarted: no gap;
 //   - backup: a base backup with the tablespace; the manifest's version is
