@@ -47,7 +47,8 @@ import (
 //     alone replays across the timeline switch to the new primary's data;
 //   - invalidated_slot: a slot the server invalidated (max_slot_wal_keep_size;
 //     on 18 also idle_replication_slot_timeout) is refused by stream and
-//     doctor with its reason (which the server gives from 17 on).
+//     reported by status and doctor with its reason (which the server
+//     gives from 17 on).
 //
 // The full suite runs on PostgreSQL 15 only; this one stays small.
 func TestCompat(t *testing.T) {
@@ -505,6 +506,12 @@ func (c *compat) invalidatedSlot(t *testing.T) {
 		}
 		if files := listAll(t, fresh); len(files) != 0 {
 			t.Errorf("stream on invalidated slot %s wrote %v", tc.slot, files)
+		}
+		rep, _, code := runStatus(t, nil, "--repo", c.repo, "--dsn", srv.DSN(harness.ReplicationUser), "--slot", tc.slot)
+		if code != 5 || rep.Slot == nil || rep.Slot.WALStatus != "lost" || !strings.Contains(strings.Join(rep.Problems, "\n"), tc.want) {
+			t.Errorf("status --slot %s: exit %d, slot %+v, problems %q; want 5 naming %q", tc.slot, code, rep.Slot, rep.Problems, tc.want)
+		} else if (rep.Slot.InvalidationReason != "") != (c.major >= 17) {
+			t.Errorf("status --slot %s: invalidation_reason %q on PostgreSQL %d", tc.slot, rep.Slot.InvalidationReason, c.major)
 		}
 		results, _, code := runDoctor(t, nil, "--dsn", srv.DSN(harness.ReplicationUser), "--slot", tc.slot)
 		if r := results["slot"]; code != 5 || r.Status != "FAIL" || !strings.Contains(r.Detail+r.Hint, tc.want) {
