@@ -8,7 +8,8 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/walkeeper
 
-# All tests, integration included: real PostgreSQL 15 and a real S3 server.
+# All tests, integration included: real PostgreSQL (15 for the full suite,
+# 15 to 18 for the compatibility suite), a real S3 server and HAProxy.
 test:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above"; exit 1)
 	$(GO) vet ./...

@@ -84,6 +84,7 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 	if err != nil {
 		return nil, err
 	}
+	replication.WarnUntested(opts.Log, sys)
 	want := storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: sys.Major, WALSegmentSize: sys.SegSize}
 	if _, err := opts.Repo.Config(cctx); err == nil {
 		if _, err := opts.Repo.Init(cctx, want); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -167,6 +168,9 @@ type readCheck struct {
 	size     int64   // stored size from the listing
 	want     *Object // what backup.json says of it
 	manifest bool
+	// sysID is the backup's system identifier (backup.json), which a
+	// version 2 manifest (PostgreSQL 17+) must repeat.
+	sysID string
 }
 
 func (v *verifier) problem(kind, key, format string, args ...any) {
@@ -255,7 +259,7 @@ func (v *verifier) checkBackup(ctx context.Context, b Info, objs []storage.Objec
 				v.problem(ProblemMissingObject, o.Key, "backup %s lists %s, but it is not stored", b.ID, o.Name)
 				continue
 			}
-			v.need(readCheck{key: o.Key, size: info.Size, want: o, manifest: o.Name == "backup_manifest"})
+			v.need(readCheck{key: o.Key, size: info.Size, want: o, manifest: o.Name == "backup_manifest", sysID: b.Meta.SystemIdentifier})
 		}
 		if err := v.checkBackupWAL(ctx, b); err != nil {
 			return err
@@ -424,7 +428,7 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 	}
 	defer r.Close()
 	if c.manifest {
-		files, err := manifestFiles(r)
+		m, err := readManifest(r)
 		if err != nil {
 			if errors.Is(err, storage.ErrCorrupt) || r.CheckStored() != nil {
 				v.readProblem(c.key, fmt.Errorf("%s: %w: %w", c.key, storage.ErrCorrupt, err))
@@ -433,8 +437,12 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 			}
 			return ctx.Err()
 		}
-		if files == 0 {
+		if m.files == 0 {
 			v.problem(ProblemBadManifest, c.key, "the manifest lists no files")
+		}
+		if m.sysID != "" && c.sysID != "" && m.sysID != c.sysID {
+			v.problem(ProblemBadManifest, c.key, "the manifest names system %s, backup.json system %s: the manifest of another cluster",
+				m.sysID, c.sysID)
 		}
 	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
@@ -467,29 +475,53 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 	return nil
 }
 
-// manifestFiles reads a backup_manifest as a token stream (it can be large)
-// and returns how many files it lists.
-func manifestFiles(r io.Reader) (int, error) {
+// manifestSummary is what verify reads from a backup_manifest.
+type manifestSummary struct {
+	version int
+	files   int
+	// sysID is the System-Identifier of a version 2 manifest (PostgreSQL
+	// 17+); "" for version 1.
+	sysID string
+}
+
+// readManifest reads a backup_manifest as a token stream (it can be
+// large). Versions 1 (PostgreSQL 13-16) and 2 (17+, with
+// System-Identifier) differ only in that key; a newer version is read the
+// same way, as the format only ever added keys.
+func readManifest(r io.Reader) (manifestSummary, error) {
+	var m manifestSummary
 	dec := json.NewDecoder(r)
+	dec.UseNumber() // System-Identifier does not fit a float64
 	if err := expectDelim(dec, '{'); err != nil {
-		return 0, err
+		return m, err
 	}
-	files, version := 0, false
+	version := false
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return 0, err
+			return m, err
 		}
 		switch tok {
 		case "PostgreSQL-Backup-Manifest-Version":
-			var n int
-			if err := dec.Decode(&n); err != nil {
-				return 0, err
+			if err := dec.Decode(&m.version); err != nil {
+				return m, err
+			}
+			if m.version < 1 {
+				return m, fmt.Errorf("PostgreSQL-Backup-Manifest-Version %d", m.version)
 			}
 			version = true
+		case "System-Identifier":
+			var n json.Number
+			if err := dec.Decode(&n); err != nil {
+				return m, fmt.Errorf("System-Identifier: %w", err)
+			}
+			if _, err := strconv.ParseUint(n.String(), 10, 64); err != nil {
+				return m, fmt.Errorf("System-Identifier %q is not a system identifier", n)
+			}
+			m.sysID = n.String()
 		case "Files":
 			if err := expectDelim(dec, '['); err != nil {
-				return 0, err
+				return m, err
 			}
 			for dec.More() {
 				var f struct {
@@ -498,30 +530,33 @@ func manifestFiles(r io.Reader) (int, error) {
 					Size        *int64 `json:"Size"`
 				}
 				if err := dec.Decode(&f); err != nil {
-					return 0, err
+					return m, err
 				}
 				if f.Path == "" && f.EncodedPath == "" || f.Size == nil {
-					return 0, fmt.Errorf("file entry %d has no path or size", files+1)
+					return m, fmt.Errorf("file entry %d has no path or size", m.files+1)
 				}
-				files++
+				m.files++
 			}
 			if err := expectDelim(dec, ']'); err != nil {
-				return 0, err
+				return m, err
 			}
 		default:
 			var skip json.RawMessage
 			if err := dec.Decode(&skip); err != nil {
-				return 0, err
+				return m, err
 			}
 		}
 	}
 	if err := expectDelim(dec, '}'); err != nil {
-		return 0, err
+		return m, err
 	}
 	if !version {
-		return 0, errors.New("no PostgreSQL-Backup-Manifest-Version")
+		return m, errors.New("no PostgreSQL-Backup-Manifest-Version")
 	}
-	return files, nil
+	if m.version >= 2 && m.sysID == "" {
+		return m, fmt.Errorf("a version %d manifest without System-Identifier", m.version)
+	}
+	return m, nil
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim) error {

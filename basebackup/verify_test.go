@@ -189,3 +189,58 @@ func TestVerifyRunningBackup(t *testing.T) {
 		t.Fatalf("without the lock: %v %+v", err, r)
 	}
 }
+
+// manifestV2 is a PostgreSQL 17+ manifest (version 2, System-Identifier
+// as a JSON number too large for a float64) of system sysID.
+func manifestV2(sysID string) string {
+	return `{ "PostgreSQL-Backup-Manifest-Version": 2,
+"System-Identifier": ` + sysID + `,
+"Files": [
+{ "Path": "PG_VERSION", "Size": 3, "Last-Modified": "2025-01-01 00:00:00 GMT", "Checksum-Algorithm": "CRC32C", "Checksum": "00000000" }
+],
+"WAL-Ranges": [
+{ "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" }
+],
+"Manifest-Checksum": "0000" }
+`
+}
+
+// TestVerifyManifestVersions: version 1 (PostgreSQL 15, 16) and version 2
+// (17+) manifests pass; a version 2 manifest must name the backup's system
+// (backup.json's 7000000000000000001, which differs from ...002 only past
+// a float64's precision) and must have System-Identifier at all.
+func TestVerifyManifestVersions(t *testing.T) {
+	for _, tc := range []struct {
+		name, manifest string
+		ok             bool
+	}{
+		{"version 2 of this system", manifestV2("7000000000000000001"), true},
+		{"version 3 of this system", strings.Replace(manifestV2("7000000000000000001"), `Version": 2`, `Version": 3`, 1), true},
+		{"version 2 of another system", manifestV2("7000000000000000002"), false},
+		{"version 2 without System-Identifier", strings.Replace(manifestV2("7000000000000000001"), `"System-Identifier": 7000000000000000001,`, "", 1), false},
+		{"System-Identifier not a number", strings.Replace(manifestV2("7000000000000000001"), `7000000000000000001`, `"x"`, 1), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			repo := memRepo()
+			backuptest.Init(t, repo)
+			const id = "20250101T000000Z"
+			backuptest.Backup{ID: id, Start: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), Timeline: 1,
+				StartLSN: "0/2000028", StopLSN: "0/3000100", WAL: basebackup.WALInclude, Complete: true}.Write(t, repo)
+			replaceListed(t, repo, id, "backup_manifest", tc.manifest)
+			r, err := basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.ok {
+				if !r.OK {
+					t.Fatalf("want no problem, got %+v", r.Problems)
+				}
+				return
+			}
+			if r.OK || kinds(r)[basebackup.ProblemBadManifest][0] != "backups/"+id+"/backup_manifest.zst" {
+				t.Fatalf("want %s, got %+v", basebackup.ProblemBadManifest, r.Problems)
+			}
+			t.Log(r.Problems[0].Detail)
+		})
+	}
+}

@@ -84,6 +84,7 @@ const (
 // then the repository.
 var doctorChecks = []doctorCheck{
 	{"connect", needNothing, (*doctor).connect},
+	{"server_version", needServer, (*doctor).serverVersion},
 	{"wal_level", needServer, (*doctor).walLevel},
 	{"max_wal_senders", needServer, (*doctor).maxWALSenders},
 	{"max_replication_slots", needServer, (*doctor).maxReplicationSlots},
@@ -200,6 +201,33 @@ func (d *doctor) connect(ctx context.Context) CheckResult {
 		d.roleRead = true
 	}
 	return checkOK("PostgreSQL %s, %s, timeline %d, at %s", d.srv.Version, d.srv.Role, d.srv.Timeline, d.srv.CurrentLSN)
+}
+
+// serverVersion reports the server's version and whether walkeeper is
+// tested on its major (docs/compatibility.md).
+func (d *doctor) serverVersion(ctx context.Context) CheckResult {
+	row, err := d.sess.row(ctx, "SELECT current_setting('server_version'), current_setting('server_version_num')")
+	if err != nil {
+		return queryFailed(err)
+	}
+	if len(row) != 2 {
+		return queryFailed(errors.New("server version query returned no row"))
+	}
+	version := row[0].S
+	num, err := strconv.Atoi(row[1].S)
+	if err != nil {
+		return queryFailed(fmt.Errorf("server_version_num = %q is not a number", row[1].S))
+	}
+	major := num / 10000
+	switch replication.SupportOf(major) {
+	case replication.Unsupported:
+		return checkFail(fmt.Sprintf("PostgreSQL %s is not supported: walkeeper needs PostgreSQL %d or newer", version, replication.MinMajor),
+			fmt.Sprintf("upgrade the server to PostgreSQL %d or newer (tested: %s)", replication.MinMajor, replication.TestedList()))
+	case replication.Untested:
+		return checkWarn(replication.UntestedWarning(version, major),
+			"run walkeeper verify and a test restore on this version before relying on it; see docs/compatibility.md")
+	}
+	return checkOK("PostgreSQL %s: a tested version (walkeeper is tested on %s)", version, replication.TestedList())
 }
 
 // setting reads one server setting.
@@ -369,7 +397,7 @@ func (d *doctor) replicationRole(ctx context.Context) CheckResult {
 }
 
 func (d *doctor) slotHealth(ctx context.Context) CheckResult {
-	sl, err := readSlot(ctx, d.sess, d.slotName, d.srv.CurrentLSN)
+	sl, err := readSlot(ctx, d.sess, d.slotName, &d.srv)
 	if err != nil {
 		return queryFailed(err)
 	}
@@ -383,8 +411,7 @@ func (d *doctor) slotHealth(ctx context.Context) CheckResult {
 	case sl.Type != "physical":
 		return checkFail(fmt.Sprintf("slot %q is a %s slot", name, sl.Type), "walkeeper needs a physical slot: choose another --slot")
 	case sl.WALStatus == "lost":
-		return checkFail(fmt.Sprintf("slot %q was invalidated (wal_status=lost): the server removed WAL it held", name),
-			"take a new base backup, drop the slot (pg_drop_replication_slot) and let walkeeper stream recreate it")
+		return checkFail(replication.Invalidated(name, sl.InvalidationReason))
 	}
 	retained := "unknown"
 	if sl.LagBytes != nil {
@@ -421,16 +448,33 @@ func (d *doctor) archiveCommand(ctx context.Context) CheckResult {
 	if mode == "off" {
 		return checkOK("archive_mode = off (walkeeper stream archives the WAL)")
 	}
-	if lib, err := d.setting(ctx, "archive_library"); err == nil && lib != "" {
+	lib, _ := d.setting(ctx, "archive_library")
+	cmd, cmdErr := d.setting(ctx, "archive_command")
+	major, _ := replication.ParseMajor(d.srv.Version)
+	return judgeArchiving(major, mode, lib, cmd, cmdErr)
+}
+
+// judgeArchiving is the archive_command check for a server of major with
+// archive_mode on or always. archive_library (15+) wins over
+// archive_command on 15; from 16 on the server refuses to archive when
+// both are set.
+func judgeArchiving(major int, mode, lib, cmd string, cmdErr error) CheckResult {
+	cmd = strings.TrimSpace(cmd)
+	switch {
+	case lib != "" && cmdErr == nil && cmd != "" && major >= 16:
+		return checkFail(fmt.Sprintf("archive_library %q and archive_command %q are both set: PostgreSQL %d refuses to archive (the archiver exits with an error) and keeps every WAL segment", lib, cmd, major),
+			"keep one of them: for walkeeper wal-push, ALTER SYSTEM RESET archive_library and reload")
+	case lib != "" && cmdErr == nil && cmd != "":
+		return checkWarn(fmt.Sprintf("archive_library %q is set, so PostgreSQL %d ignores archive_command %q", lib, major, cmd),
+			"to archive with walkeeper wal-push, ALTER SYSTEM RESET archive_library and reload")
+	case lib != "":
 		return checkOK("archive_mode = %s with archive_library %q", mode, lib)
-	}
-	cmd, err := d.setting(ctx, "archive_command")
-	if err != nil {
-		return checkSkip(fmt.Sprintf("archive_mode = %s, but archive_command is not readable by this role (%v); grant pg_read_all_settings to check it", mode, err))
+	case cmdErr != nil:
+		return checkSkip(fmt.Sprintf("archive_mode = %s, but archive_command is not readable by this role (%v); grant pg_read_all_settings to check it", mode, cmdErr))
 	}
 	const want = "archive_command = 'walkeeper wal-push %p' (with WALKEEPER_REPO in the server's environment)"
 	switch {
-	case strings.TrimSpace(cmd) == "":
+	case cmd == "":
 		return checkWarn(fmt.Sprintf("archive_mode = %s with an empty archive_command: the server keeps every WAL segment in pg_wal", mode),
 			"set "+want+" and reload, or archive_mode = off and restart")
 	case !strings.Contains(cmd, "walkeeper") || !strings.Contains(cmd, "wal-push"):

@@ -75,3 +75,30 @@ func TestDoctorRepositoryOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestJudgeArchiving: archive_library and archive_command together are a
+// warning on PostgreSQL 15 (the library wins) and a failure from 16 on
+// (the server refuses to archive).
+func TestJudgeArchiving(t *testing.T) {
+	const wk = "walkeeper wal-push --repo /r %p"
+	for _, tc := range []struct {
+		major          int
+		lib, cmd, want string
+		cmdErr         error
+		level          Level
+	}{
+		{15, "basic_archive", wk, "ignores archive_command", nil, LevelWarn},
+		{16, "basic_archive", wk, "refuses to archive", nil, LevelFail},
+		{18, "basic_archive", wk, "refuses to archive", nil, LevelFail},
+		{17, "basic_archive", "", "archive_library", nil, LevelOK},
+		{17, "", wk, "wal-push", nil, LevelOK},
+		{17, "", "", "empty archive_command", nil, LevelWarn},
+		{17, "", "cp %p /mnt/%f", "not walkeeper", nil, LevelWarn},
+		{17, "", "", "not readable", errors.New("permission denied"), LevelSkip},
+	} {
+		r := judgeArchiving(tc.major, "on", tc.lib, tc.cmd, tc.cmdErr)
+		if r.Status != tc.level || !strings.Contains(r.Detail, tc.want) {
+			t.Errorf("PostgreSQL %d, archive_library %q, archive_command %q: %s %q, want %s with %q", tc.major, tc.lib, tc.cmd, r.Status, r.Detail, tc.level, tc.want)
+		}
+	}
+}

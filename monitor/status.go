@@ -147,6 +147,9 @@ type SlotStatus struct {
 	// WALStatus is pg_replication_slots.wal_status: reserved, extended,
 	// unreserved or lost.
 	WALStatus string `json:"wal_status,omitempty"`
+	// InvalidationReason says why a lost slot was invalidated
+	// (wal_removed, idle_timeout, ...); PostgreSQL 17 and newer only.
+	InvalidationReason string `json:"invalidation_reason,omitempty"`
 	// SafeWALSize is pg_replication_slots.safe_wal_size: how much more WAL
 	// the server may write before the slot is invalidated. It is null for
 	// three reasons, which SafeWALSizeReason names.
@@ -300,7 +303,8 @@ func statusProblems(rep *StatusReport, opts StatusOptions) []string {
 		case !s.Exists && s.Source != "default":
 			p = append(p, fmt.Sprintf("replication slot %q does not exist on the server: start walkeeper stream --slot %s (it creates the slot)", s.Name, s.Name))
 		case s.WALStatus == "lost":
-			p = append(p, fmt.Sprintf("replication slot %q was invalidated (wal_status=lost): the server removed WAL the repository lacks; take a new base backup and recreate the slot", s.Name))
+			what, hint := replication.Invalidated(s.Name, s.InvalidationReason)
+			p = append(p, what+": "+hint)
 		}
 	}
 	return p
@@ -381,10 +385,13 @@ const serverQuery = `SELECT pg_is_in_recovery(), current_setting('server_version
        ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END`
 
 // slotQuery reads the slot and max_slot_wal_keep_size, without which a null
-// safe_wal_size cannot be told apart (unlimited, or lost).
-const slotQuery = `SELECT slot_type, active, restart_lsn::text, wal_status, safe_wal_size::text,
-  pg_size_bytes(current_setting('max_slot_wal_keep_size'))::text
+// safe_wal_size cannot be told apart (unlimited, or lost), and the
+// invalidation reason (a column from PostgreSQL 17 on).
+func slotQuery(major int) string {
+	return `SELECT slot_type, active, restart_lsn::text, wal_status, safe_wal_size::text,
+  pg_size_bytes(current_setting('max_slot_wal_keep_size'))::text, ` + replication.InvalidationReasonSQL(major) + `
   FROM pg_replication_slots WHERE slot_name = $1`
+}
 
 func collectServer(ctx context.Context, dsn string, timeout time.Duration, slot, source string) (*ServerStatus, *SlotStatus) {
 	srv := &ServerStatus{}
@@ -399,7 +406,7 @@ func collectServer(ctx context.Context, dsn string, timeout time.Duration, slot,
 		return srv, nil
 	}
 	srv.Reachable = true
-	sl, err := readSlot(ctx, sess, slot, srv.CurrentLSN)
+	sl, err := readSlot(ctx, sess, slot, srv)
 	if err != nil {
 		srv.Error = "reading the slot: " + oneLine(err.Error())
 		return srv, nil
@@ -431,18 +438,21 @@ func readServer(ctx context.Context, sess *sqlSession, srv *ServerStatus) error 
 	return nil
 }
 
-// readSlot reads one slot; current is the server's position for the lag.
-func readSlot(ctx context.Context, sess *sqlSession, name, current string) (*SlotStatus, error) {
+// readSlot reads one slot of the server srv describes (its version picks
+// the columns, its position gives the lag).
+func readSlot(ctx context.Context, sess *sqlSession, name string, srv *ServerStatus) (*SlotStatus, error) {
 	sl := &SlotStatus{Name: name}
-	row, err := sess.row(ctx, slotQuery, name)
+	major, _ := replication.ParseMajor(srv.Version)
+	current := srv.CurrentLSN
+	row, err := sess.row(ctx, slotQuery(major), name)
 	if err != nil || row == nil {
 		return sl, err
 	}
-	if len(row) != 6 {
-		return sl, fmt.Errorf("slot query returned %d columns, want 6", len(row))
+	if len(row) != 7 {
+		return sl, fmt.Errorf("slot query returned %d columns, want 7", len(row))
 	}
 	sl.Exists, sl.Type, sl.Active = true, row[0].S, row[1].S == "t"
-	sl.RestartLSN, sl.WALStatus = row[2].S, row[3].S
+	sl.RestartLSN, sl.WALStatus, sl.InvalidationReason = row[2].S, row[3].S, row[6].S
 	if !row[4].Null {
 		if n, err := strconv.ParseInt(row[4].S, 10, 64); err == nil {
 			sl.SafeWALSize = &n

@@ -136,20 +136,35 @@ func startWalkeeper(t *testing.T, env []string, args ...string) *proc {
 func startWalkeeperAsPostgres(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(walkeeperBin, args...)
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatal(err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
-		env = append(env, "HOME="+u.HomeDir)
+	return startWalkeeperCmd(t, cmd, append(env, asPostgres(t, cmd)...), args)
+}
+
+// asPostgres makes cmd run as the postgres OS user when the test runs as
+// root and returns the environment that user needs (HOME).
+func asPostgres(t *testing.T, cmd *exec.Cmd) []string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return nil
 	}
-	return startWalkeeperCmd(t, cmd, env, args)
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	return []string{"HOME=" + u.HomeDir}
 }
 
 func startWalkeeperCmd(t *testing.T, cmd *exec.Cmd, env, args []string) *proc {
+	t.Helper()
+	return startWalkeeperOwned(t, t, cmd, env, args)
+}
+
+// startWalkeeperOwned starts the process for t and kills it when owner
+// (t or a parent test of t) ends, so a subtest can start a process later
+// subtests use.
+func startWalkeeperOwned(t, owner *testing.T, cmd *exec.Cmd, env, args []string) *proc {
 	t.Helper()
 	p := &proc{cmd: cmd, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json", "GORACE=atexit_sleep_ms=0")
@@ -163,10 +178,10 @@ func startWalkeeperCmd(t *testing.T, cmd *exec.Cmd, env, args []string) *proc {
 		t.Fatal(err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
+	owner.Cleanup(func() {
 		p.cmd.Process.Kill()
 		<-p.done
-		if t.Failed() {
+		if owner.Failed() {
 			t.Logf("walkeeper %s output:\n%s", strings.Join(args, " "), p.output())
 		}
 	})
@@ -203,10 +218,26 @@ func (p *proc) exited() bool {
 // runWalkeeper runs the binary to completion.
 func runWalkeeper(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runWalkeeperUser(t, false, env, args...)
+}
+
+// runWalkeeperAsPostgres runs the binary to completion as the postgres OS
+// user (when the test runs as root), as an operator runs commands whose
+// files the server reads or writes (archive_command into the repository).
+func runWalkeeperAsPostgres(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return runWalkeeperUser(t, true, env, args...)
+}
+
+func runWalkeeperUser(t *testing.T, postgres bool, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, walkeeperBin, args...)
 	cmd.Env = append(os.Environ(), "WALKEEPER_LOG_FORMAT=json", "GORACE=atexit_sleep_ms=0")
+	if postgres {
+		cmd.Env = append(cmd.Env, asPostgres(t, cmd)...)
+	}
 	cmd.Env = append(cmd.Env, env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e

@@ -206,6 +206,7 @@ type streamer struct {
 
 	conn     *pgconn.PgConn
 	segSize  uint64
+	major    int // the server's PostgreSQL major
 	seg      *segment
 	received LSN
 	reported LSN // flush position last sent
@@ -239,8 +240,10 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	replication.WarnUntested(s.log, sys)
 	segSize, major := sys.SegSize, sys.Major
 	s.segSize = segSize
+	s.major = major
 	// Check the repository's identity before touching the slot, and write
 	// walkeeper.json only once the slot is known to be usable: bad input
 	// leaves nothing behind.
@@ -689,15 +692,15 @@ func (s *streamer) checkSlotHealth(ctx context.Context, slot replication.Slot) e
 		return nil
 	}
 	defer conn.Close(context.Background())
-	res, err := conn.Exec(ctx, "SELECT coalesce(wal_status, ''), coalesce(active_pid::text, '') FROM pg_replication_slots WHERE slot_name = '"+
-		strings.ReplaceAll(s.opts.Slot, "'", "''")+"'").ReadAll()
+	res, err := conn.Exec(ctx, "SELECT coalesce(wal_status, ''), coalesce(active_pid::text, ''), "+replication.InvalidationReasonSQL(s.major)+
+		" FROM pg_replication_slots WHERE slot_name = '"+strings.ReplaceAll(s.opts.Slot, "'", "''")+"'").ReadAll()
 	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 {
 		return nil
 	}
-	walStatus, activePID := string(res[0].Rows[0][0]), string(res[0].Rows[0][1])
+	walStatus, activePID, reason := string(res[0].Rows[0][0]), string(res[0].Rows[0][1]), string(res[0].Rows[0][2])
 	if walStatus == "lost" {
-		return replication.Permanentf("replication slot %q was invalidated (wal_status=lost): the server removed WAL it held; "+
-			"take a new base backup and recreate the slot (SELECT pg_drop_replication_slot('%s'))", s.opts.Slot, s.opts.Slot)
+		what, hint := replication.Invalidated(s.opts.Slot, reason)
+		return replication.Permanentf("%s: %s", what, hint)
 	}
 	if activePID != "" {
 		s.log.Warn("replication slot is in use by another process; streaming will fail until it is released",

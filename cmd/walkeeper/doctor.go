@@ -31,10 +31,11 @@ func init() {
 		Name:  "doctor",
 		Usage: "check every prerequisite on the server and the repository; one line per check",
 		Description: `Prints OK, WARN, FAIL or SKIP per check, with a hint under each WARN and
-FAIL. With --dsn: connect, wal_level, max_wal_senders, max_replication_slots,
-replication_connection (pg_hba.conf), replication_role, slot (lost, inactive,
-holding back more than --max-slot-retained), max_slot_wal_keep_size,
-archive_command. With --repo: repository_identity (walkeeper.json matches the
+FAIL. With --dsn: connect, server_version (a version walkeeper is tested on:
+15 to 18; newer is a warning, older a failure), wal_level, max_wal_senders,
+max_replication_slots, replication_connection (pg_hba.conf),
+replication_role, slot (lost, inactive, holding back more than
+--max-slot-retained), max_slot_wal_keep_size, archive_command. With --repo: repository_identity (walkeeper.json matches the
 server), repository_access (S3: write, list, read and delete a probe object
 under locks/; a directory: permissions), repository_locks (whether an S3
 server honours the conditional writes the locks need), free_space (local

@@ -90,7 +90,8 @@ type System struct {
 }
 
 // Identify runs IDENTIFY_SYSTEM and SHOW wal_segment_size and reads the
-// version the server reported. Only PostgreSQL 15 and newer are accepted.
+// version the server reported. Servers older than MinMajor are refused;
+// callers log WarnUntested for newer ones.
 func Identify(ctx context.Context, conn *pgconn.PgConn) (System, error) {
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
@@ -108,12 +109,11 @@ func Identify(ctx context.Context, conn *pgconn.PgConn) (System, error) {
 		return System{}, err
 	}
 	out.ServerVersion = conn.ParameterStatus("server_version")
-	out.Major, err = strconv.Atoi(strings.SplitN(strings.SplitN(out.ServerVersion, ".", 2)[0], " ", 2)[0])
-	if err != nil {
-		return System{}, fmt.Errorf("cannot parse server_version %q", out.ServerVersion)
+	if out.Major, err = ParseMajor(out.ServerVersion); err != nil {
+		return System{}, err
 	}
-	if out.Major < 15 {
-		return System{}, Permanentf("PostgreSQL %s is not supported: walkeeper needs PostgreSQL 15 or newer", out.ServerVersion)
+	if err := CheckVersion(out.ServerVersion, out.Major); err != nil {
+		return System{}, err
 	}
 	out.InRecovery = conn.ParameterStatus("in_hot_standby") == "on"
 	return out, nil
@@ -167,6 +167,15 @@ func Classify(err error, slot string) error {
 			return fmt.Errorf("replication slot %q is in use by another process (%s)", slot, pgErr.Message)
 		case strings.Contains(pgErr.Message, "logical replication slot"):
 			return Permanentf("replication slot %q is a logical slot; walkeeper needs a physical slot: choose another --slot", slot)
+		case strings.Contains(pgErr.Message, "can no longer access replication slot"):
+			// PostgreSQL 18 refuses an invalidated slot at START_REPLICATION;
+			// older servers start streaming and fail at the missing WAL.
+			reason := ""
+			if m := invalidatedDetailRE.FindStringSubmatch(pgErr.Detail); m != nil {
+				reason = m[1]
+			}
+			what, hint := Invalidated(slot, reason)
+			return Permanentf("%s: %s", what, hint)
 		case strings.Contains(pgErr.Message, "has already been removed"):
 			return Permanentf("the server already removed WAL that is needed (%s): the archive has a gap; take a new base backup", pgErr.Message)
 		}

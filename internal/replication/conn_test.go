@@ -41,6 +41,11 @@ func TestClassify(t *testing.T) {
 		{&pgconn.PgError{Code: "42501", Message: "permission denied to start WAL sender"}, "REPLICATION attribute", true},
 		{&pgconn.PgError{Code: "53300", Message: "number of requested standby connections exceeds max_wal_senders"}, "max_wal_senders", false},
 		{&pgconn.PgError{Code: "0A000", Message: "cannot use READ_REPLICATION_SLOT with a logical replication slot"}, "logical slot", true},
+		// PostgreSQL 18, as seen from START_REPLICATION on an invalidated slot.
+		{&pgconn.PgError{Code: "55000", Message: `can no longer access replication slot "s"`,
+			Detail: `This replication slot has been invalidated due to "idle_timeout".`}, "idle_replication_slot_timeout", true},
+		{&pgconn.PgError{Code: "55000", Message: `can no longer access replication slot "s"`,
+			Detail: `This replication slot has been invalidated due to "wal_removed".`}, "invalidation_reason=wal_removed", true},
 	} {
 		err := Classify(tc.err, "s")
 		if !strings.Contains(err.Error(), tc.want) || errors.Is(err, ErrPermanent) != tc.permanent {

