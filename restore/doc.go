@@ -19,8 +19,19 @@
 //  5. Recreate pg_tblspc links from tablespace_map (relocated with
 //     --tablespace-map OLD=NEW), store backup_manifest for pg_verifybackup,
 //     write recovery.signal or standby.signal and the recovery settings.
-//  6. Write global/pg_control last. Until then PostgreSQL refuses to start
-//     the directory, so a restore that failed or was killed can never be
-//     started by mistake; a failed restore also removes what it wrote and
-//     leaves WALKEEPER_RESTORE_FAILED explaining why.
+//  6. Make everything durable, then write global/pg_control last. Until
+//     then PostgreSQL refuses to start the directory, so a restore that
+//     failed or was killed can never be started by mistake; a failed restore
+//     also removes what it wrote and leaves WALKEEPER_RESTORE_FAILED
+//     explaining why.
+//
+// # Durability
+//
+// Every change goes through one data-directory writer (datadir.go): it
+// owns each entry for the server's OS user, fsyncs every file it wrote
+// (a pool of syncers runs beside extraction), fsyncs every directory whose
+// entries changed, and only then writes pg_control, fsyncs it and fsyncs
+// global/. A crash of the machine after "restore complete" cannot leave
+// pg_control beside files that never reached the disk. Its file-system
+// calls go through an interface, so a test records their order.
 package restore

@@ -94,12 +94,12 @@ func ParseTargetTime(s string) (time.Time, error) {
 func confQuote(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
 
 // write creates the signal file and appends the settings.
-func (r Recovery) write(dir string, own *owner) error {
+func (r Recovery) write(dd *dataDir, dir string) error {
 	signal := "recovery.signal"
 	if r.AsReplica {
 		signal = "standby.signal"
 	}
-	if err := writeFileSync(filepath.Join(dir, signal), nil, own); err != nil {
+	if err := dd.writeFile(filepath.Join(dir, signal), nil); err != nil {
 		return err
 	}
 	var b strings.Builder
@@ -126,5 +126,5 @@ func (r Recovery) write(dir string, own *owner) error {
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	return writeFileSync(p, append(old, b.String()...), own)
+	return dd.writeFile(p, append(old, b.String()...))
 }

@@ -25,6 +25,7 @@ var (
 	ownerFlag     = &cli.StringFlag{Name: "owner", Usage: "OS `USER` owning the restored files (default when run as root: the owner of the target's parent directory)"}
 	tsMapFlag     = &cli.StringSliceFlag{Name: "tablespace-map", Usage: "relocate a tablespace: `OLD=NEW` (repeatable)"}
 	parallelFlag  = &cli.IntFlag{Name: "parallel", Value: 4, Usage: "archives restored at once"}
+	noSyncFlag    = &cli.BoolFlag{Name: "no-sync", Usage: "skip every fsync (like pg_basebackup --no-sync): a crash of the machine can then leave a directory that starts and is corrupt; for tests and throwaway copies"}
 
 	targetTimeFlag     = &cli.StringFlag{Name: "target-time", Usage: "recover up to this `TIMESTAMP` (e.g. '2026-11-26 14:30:00+00')"}
 	targetLSNFlag      = &cli.StringFlag{Name: "target-lsn", Usage: "recover up to this `LSN`"}
@@ -46,9 +47,11 @@ func init() {
 		Description: `Downloads and decompresses the backup's archives in parallel with bounded
 memory, verifying every object's checksum, and extracts them safely: every
 entry stays inside the target directory or its tablespace's location.
-global/pg_control is written last, so a failed or interrupted restore can
-never be started by mistake. A failed restore removes what it wrote and
-leaves WALKEEPER_RESTORE_FAILED in the directory.
+Every file and directory it writes is fsynced before global/pg_control is
+written, then pg_control and global/ are: a failed, interrupted or crashed
+restore can never be started by mistake, and a finished one survives a
+crash of the machine. A failed restore removes what it wrote and leaves
+WALKEEPER_RESTORE_FAILED in the directory.
 
 The restored directory is ready to start: recovery.signal (or standby.signal
 with --as-replica) and, in postgresql.auto.conf, restore_command = this
@@ -61,7 +64,7 @@ Examples:
       --target-time '2026-11-26 14:30:00+00' --target-action promote
   walkeeper restore --repo s3://bucket/db1 --target-dir /srv/replica2 --as-replica \
       --dsn "host=db1 user=walkeeper" --slot replica2 --port 5433`,
-		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, ownerFlag, tsMapFlag, parallelFlag,
+		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, ownerFlag, tsMapFlag, parallelFlag, noSyncFlag,
 			targetTimeFlag, targetLSNFlag, targetXIDFlag, targetNameFlag, targetTimelineFlag, targetActionFlag,
 			asReplicaFlag, primaryConninfoFlag, replicaSlotFlag, portFlag},
 		Action: restoreAction,
@@ -111,7 +114,7 @@ func restoreAction(c *cli.Context) error {
 	res, err := restore.Run(c.Context, restore.Options{
 		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name),
 		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
-		Recovery: rec, Log: slog.Default(),
+		Recovery: rec, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
 	})
 	if err != nil {
 		return err
