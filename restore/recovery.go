@@ -121,6 +121,15 @@ func (r Recovery) write(dd *dataDir, dir string) error {
 	if r.Port != 0 {
 		fmt.Fprintf(&b, "port = %d\n", r.Port)
 	}
+	if !r.AsReplica {
+		// The copy has the primary's system identifier and archive
+		// settings: once promoted it would pass wal-push's checks and
+		// store its own timeline in the repository it came from, which
+		// restores, verify and the stream would then follow.
+		b.WriteString("# A restored copy must not archive into the repository it was restored from.\n" +
+			"# To archive it, point archive_command at a NEW repository, then archive_mode = on.\n")
+		set("archive_mode", "off")
+	}
 	p := filepath.Join(dir, "postgresql.auto.conf")
 	old, err := os.ReadFile(p)
 	if err != nil && !os.IsNotExist(err) {

@@ -57,7 +57,10 @@ The restored directory is ready to start: recovery.signal (or standby.signal
 with --as-replica) and, in postgresql.auto.conf, restore_command = this
 binary's wal-fetch with the repository settings (never S3 keys or passwords:
 give the PostgreSQL server AWS_* in its environment or ~/.aws/credentials of
-its OS user, and use ~/.pgpass for the replica's password).
+its OS user, and use ~/.pgpass for the replica's password). A point-in-time
+restore also sets archive_mode = 'off', so the promoted copy never archives
+into the repository it was restored from; to archive it, point
+archive_command at a NEW repository and set archive_mode = on.
 
 Examples:
   walkeeper restore --repo s3://bucket/db1 --target-dir /var/lib/postgresql/15/main \

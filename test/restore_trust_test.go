@@ -1,0 +1,103 @@
+package test
+
+import (
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/test/harness"
+)
+
+// archivingPrimary starts a primary whose archive_command is walkeeper
+// wal-push into the local repository repo, takes a first backup (which
+// creates walkeeper.json) and hands the repository to the postgres OS user,
+// as if walkeeper ran as postgres, so the archiver can write it.
+func archivingPrimary(t *testing.T, name, repo string) (*harness.Cluster, string) {
+	t.Helper()
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: name, ExtraConf: map[string]string{
+		"archive_mode":    "on",
+		"archive_command": raceEnv + " " + walkeeperBin + " wal-push --repo " + repo + " %p",
+	}})
+	id := runBackup(t, nil, repo, c.DSN(harness.ReplicationUser))
+	giveToPostgres(t, repo)
+	return c, id
+}
+
+// switchAndArchive ends the current segment and waits until the server has
+// archived it.
+func switchAndArchive(t *testing.T, c *harness.Cluster) {
+	t.Helper()
+	seg := c.QueryString(t, "SELECT pg_walfile_name(pg_switch_wal())")
+	waitFor(t, 2*time.Minute, "the archiver to store "+seg, func() bool {
+		return c.QueryString(t, "SELECT coalesce(last_archived_wal, '') >= '"+seg+"' FROM pg_stat_archiver") == "t"
+	})
+}
+
+// TestRestoredCloneDoesNotArchiveIntoItsRepository: a point-in-time restore
+// of a primary that archives with wal-push into repository R keeps the
+// primary's archive_command; once promoted, the clone must not store its
+// timeline history and segments in R, where restores, verify and the
+// stream would follow the clone's history instead of production's.
+func TestRestoredCloneDoesNotArchiveIntoItsRepository(t *testing.T) {
+	repoDir := filepath.Join(harness.MakeDir(t, "clone-repo"), "repo")
+	c, backupID := archivingPrimary(t, "clone-primary", repoDir)
+	c.Exec(t, "CREATE TABLE prod AS SELECT generate_series(1, 100) AS i")
+	lsn := c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text")
+	c.Exec(t, "INSERT INTO prod SELECT generate_series(101, 150)")
+	switchAndArchive(t, c)
+	// Production stops: from now on only the clone could add WAL to R.
+	c.Stop(t)
+	repo, err := storage.Open(t.Context(), storage.Options{Repo: repoDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := walObjects(t, repo)
+
+	r := c.RestoreTarget(t, "clone")
+	_, stderr, code := runWalkeeper(t, nil, "restore", "--repo", repoDir, "--target-dir", r.DataDir(), "--backup", backupID,
+		"--target-lsn", lsn, "--target-action", "promote")
+	if code != 0 {
+		t.Fatalf("restore: exit %d: %s", code, stderr)
+	}
+	r.SetEnv([]string{raceEnv})
+	r.StartRestored(t)
+	waitPromoted(t, r)
+	if got := r.QueryString(t, "SELECT count(*) FROM prod"); got != "100" {
+		t.Fatalf("clone has %s rows, want 100", got)
+	}
+	// The clone lives its own life: writes, a segment switch.
+	r.Exec(t, "INSERT INTO prod SELECT generate_series(1000, 1999)")
+	r.QueryString(t, "SELECT pg_switch_wal()")
+	r.Exec(t, "CHECKPOINT")
+	// Whatever the clone would archive (the timeline 2 history file, the
+	// old timeline's partial segment, the switched segment) is marked
+	// .ready by now; wait until nothing is pending.
+	waitFor(t, 2*time.Minute, "the clone's archiver to have nothing pending", func() bool {
+		return r.QueryString(t, "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'") == "0"
+	})
+	after := walObjects(t, repo)
+	if added := slices.Sorted(maps.Keys(diffKeys(after, before))); len(added) > 0 {
+		t.Errorf("the promoted clone archived into the repository it was restored from: %s", strings.Join(added, ", "))
+	}
+	if got := r.QueryString(t, "SHOW archive_mode"); got != "off" {
+		t.Errorf("clone archive_mode = %s, want off", got)
+	}
+	if stdout, stderr, code := runWalkeeper(t, nil, "verify", "--repo", repoDir); code != 0 {
+		t.Errorf("verify of the production repository after the clone ran: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// diffKeys returns the keys of a that b lacks.
+func diffKeys(a, b map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range a {
+		if _, ok := b[k]; !ok {
+			out[k] = v
+		}
+	}
+	return out
+}
