@@ -6,7 +6,10 @@
 // # Restore lifecycle
 //
 //  1. Choose a complete backup (backup.json present): the newest by start
-//     time, or the one named.
+//     time, or the one named; for a --target-time or --target-lsn the newest
+//     that ends before the target on the timeline recovery follows
+//     (choose.go). A target no backup can reach is refused here, before
+//     anything is downloaded or written.
 //  2. Check the target directory (and every tablespace location): missing or
 //     empty, unless --force, which empties it first.
 //  3. Download and decompress the archives in parallel, each a stream from

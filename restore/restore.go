@@ -70,11 +70,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	meta, err := chooseBackup(ctx, opts.Repo, opts.BackupID)
-	if err != nil {
+	if err := opts.Recovery.Validate(); err != nil {
 		return nil, err
 	}
-	if err := opts.Recovery.Validate(); err != nil {
+	meta, why, err := chooseBackup(ctx, opts.Repo, opts.BackupID, opts.Recovery)
+	if err != nil {
 		return nil, err
 	}
 	own, err := resolveOwner(opts.Owner, target)
@@ -108,6 +108,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 	}
 	log := opts.Log.With("backup", meta.ID, "target", target)
+	if why != "" {
+		log.Info("chose backup", "because", why)
+	}
 	log.Info("restoring", "start_lsn", meta.StartLSN, "stop_lsn", meta.StopLSN, "size", meta.Size, "tablespaces", len(locations))
 	r := &restorer{opts: opts, meta: meta, target: target, roots: roots, locations: locations, dd: dd, log: log}
 	if err := r.run(ctx); err != nil {
@@ -116,31 +119,6 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	log.Info("restore complete")
 	return &Result{Backup: meta, Tablespaces: locations}, nil
-}
-
-// chooseBackup finds the backup to restore: only complete ones qualify.
-func chooseBackup(ctx context.Context, repo *storage.Repository, id string) (*basebackup.Meta, error) {
-	infos, err := basebackup.List(ctx, repo)
-	if err != nil {
-		return nil, err
-	}
-	if id == "" || id == "latest" {
-		for i := len(infos) - 1; i >= 0; i-- {
-			if infos[i].Complete {
-				return infos[i].Meta, nil
-			}
-		}
-		return nil, fmt.Errorf("no complete backup in %s: take one with walkeeper backup", repo)
-	}
-	for _, i := range infos {
-		if i.ID == id {
-			if !i.Complete {
-				return nil, fmt.Errorf("backup %s is incomplete (it has no backup.json) and cannot be restored: choose a complete one from walkeeper list", id)
-			}
-			return i.Meta, nil
-		}
-	}
-	return nil, fmt.Errorf("backup %s not found in %s: see walkeeper list", id, repo)
 }
 
 // resolveOwner decides who the restored files belong to.

@@ -2,9 +2,11 @@ package test
 
 import (
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -100,4 +102,100 @@ func diffKeys(a, b map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// TestRestorePicksBackupThatReachesTarget: with two backups and rows
+// written between them, a point-in-time restore to a time or an LSN between
+// the backups takes the first one (the second ends after the target, and
+// PostgreSQL could not stop there) and returns exactly the rows of that
+// moment; a target after both takes the newest; a target before every
+// backup, or before the end of the backup named with --backup, is refused
+// in one line before anything is downloaded or written.
+func TestRestorePicksBackupThatReachesTarget(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "pick"})
+	repoDir := filepath.Join(harness.MakeDir(t, "pick-repo"), "repo")
+	wk := startWalkeeper(t, nil, "stream", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wk")
+	c.Exec(t, "CREATE TABLE rows_between (i int); INSERT INTO rows_between SELECT generate_series(1, 100)")
+	serverTime := func() string {
+		return c.QueryString(t, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+	}
+	earlyTime := serverTime() // 100 rows, before the first backup ends
+	earlyLSN := c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text")
+	first := runBackup(t, nil, repoDir, c.DSN(harness.ReplicationUser))
+	c.Exec(t, "INSERT INTO rows_between SELECT generate_series(1, 50)")
+	time.Sleep(1100 * time.Millisecond)
+	betweenTime := serverTime() // 150 rows
+	betweenLSN := c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text")
+	time.Sleep(1100 * time.Millisecond)
+	c.Exec(t, "INSERT INTO rows_between SELECT generate_series(1, 50)")
+	second := runBackup(t, nil, repoDir, c.DSN(harness.ReplicationUser))
+	c.Exec(t, "INSERT INTO rows_between SELECT generate_series(1, 50)")
+	lateLSN := c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text") // 250 rows
+	end := lsnOf(t, lateLSN)
+	c.Exec(t, "SELECT pg_switch_wal()")
+	repo, err := storage.Open(t.Context(), storage.Options{Repo: repoDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
+		e, _ := repoEnd(t.Context(), repo)
+		return e >= end
+	})
+	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("stream exit %d", code)
+	}
+	giveToPostgres(t, repoDir)
+
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		wantBackup string
+		wantRows   string
+	}{
+		{"time between the backups", []string{"--target-time", betweenTime}, first, "150"},
+		{"lsn between the backups", []string{"--target-lsn", betweenLSN}, first, "150"},
+		{"lsn after both", []string{"--target-lsn", lateLSN}, second, "250"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := c.RestoreTarget(t, "pick-"+strings.ReplaceAll(tc.name, " ", "-"))
+			stdout, stderr, code := runWalkeeper(t, nil, append([]string{"restore", "--repo", repoDir, "--target-dir", r.DataDir(),
+				"--target-action", "promote"}, tc.args...)...)
+			if code != 0 {
+				t.Fatalf("restore: exit %d: %s", code, stderr)
+			}
+			if got := strings.TrimSpace(stdout); got != tc.wantBackup {
+				t.Fatalf("restore chose backup %s, want %s (backups: %s then %s)", got, tc.wantBackup, first, second)
+			}
+			r.SetEnv([]string{raceEnv})
+			r.StartRestored(t)
+			waitPromoted(t, r)
+			if got := r.QueryString(t, "SELECT count(*) FROM rows_between"); got != tc.wantRows {
+				t.Fatalf("restored %s rows, want %s", got, tc.wantRows)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"time before every backup", []string{"--target-time", earlyTime}, first},
+		{"lsn before every backup", []string{"--target-lsn", earlyLSN}, first},
+		{"time before the named backup", []string{"--backup", second, "--target-time", betweenTime}, second},
+		{"lsn before the named backup", []string{"--backup", second, "--target-lsn", betweenLSN}, second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(harness.MakeDir(t, "pick-refused"), "data")
+			_, stderr, code := runWalkeeper(t, nil, append([]string{"restore", "--repo", repoDir, "--target-dir", dir}, tc.args...)...)
+			msg := strings.TrimSpace(stderr)
+			t.Logf("exit %d: %s", code, msg)
+			if code != 1 || strings.Contains(msg, "\n") || !strings.Contains(msg, tc.want) {
+				t.Errorf("exit %d, stderr %q: want exit 1 and one line naming backup %s", code, msg, tc.want)
+			}
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("the refused restore wrote %s (%v)", dir, err)
+			}
+		})
+	}
 }

@@ -20,14 +20,14 @@ import (
 
 var (
 	targetDirFlag = &cli.StringFlag{Name: "target-dir", Usage: "data `DIR` to create (missing or empty)"}
-	backupIDFlag  = &cli.StringFlag{Name: "backup", Value: "latest", Usage: "backup `ID` to restore, or latest (the newest complete backup)"}
+	backupIDFlag  = &cli.StringFlag{Name: "backup", Value: "latest", Usage: "backup `ID` to restore, or latest (the newest complete backup; with --target-time or --target-lsn the newest that ends before the target)"}
 	forceFlag     = &cli.BoolFlag{Name: "force", Usage: "empty a non-empty target directory (and tablespace locations) first"}
 	ownerFlag     = &cli.StringFlag{Name: "owner", Usage: "OS `USER` owning the restored files (default when run as root: the owner of the target's parent directory)"}
 	tsMapFlag     = &cli.StringSliceFlag{Name: "tablespace-map", Usage: "relocate a tablespace: `OLD=NEW` (repeatable)"}
 	parallelFlag  = &cli.IntFlag{Name: "parallel", Value: 4, Usage: "archives restored at once"}
 	noSyncFlag    = &cli.BoolFlag{Name: "no-sync", Usage: "skip every fsync (like pg_basebackup --no-sync): a crash of the machine can then leave a directory that starts and is corrupt; for tests and throwaway copies"}
 
-	targetTimeFlag     = &cli.StringFlag{Name: "target-time", Usage: "recover up to this `TIMESTAMP` (e.g. '2026-11-26 14:30:00+00')"}
+	targetTimeFlag     = &cli.StringFlag{Name: "target-time", Usage: "recover up to this `TIMESTAMP`, with its time zone (e.g. '2026-11-26 14:30:00+00')"}
 	targetLSNFlag      = &cli.StringFlag{Name: "target-lsn", Usage: "recover up to this `LSN`"}
 	targetXIDFlag      = &cli.StringFlag{Name: "target-xid", Usage: "recover up to and including this transaction `ID`"}
 	targetNameFlag     = &cli.StringFlag{Name: "target-name", Usage: "recover up to this restore point (pg_create_restore_point)"}
@@ -100,7 +100,7 @@ func restoreAction(c *cli.Context) error {
 	if err := rec.Validate(); err != nil {
 		return usageError{err}
 	}
-	cmd, err := walFetchCommand(c, !rec.AsReplica)
+	cmd, _, err := walFetchCommand(c, !rec.AsReplica)
 	if err != nil {
 		return err
 	}
@@ -129,13 +129,12 @@ func restoreAction(c *cli.Context) error {
 // walFetchCommand builds restore_command: this binary's absolute path,
 // wal-fetch and the repository settings, never secrets. fatal makes storage
 // errors abort recovery instead of looking like the end of the archive.
-func walFetchCommand(c *cli.Context, fatal bool) (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", err
+func walFetchCommand(c *cli.Context, fatal bool) (cmd, exe string, err error) {
+	if exe, err = os.Executable(); err != nil {
+		return "", "", err
 	}
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return "", err
+		return "", "", err
 	}
 	args := []string{exe, "wal-fetch", "--repo", c.String(repoFlag.Name)}
 	if v := c.String(s3EndpointFlag.Name); v != "" {
@@ -153,7 +152,7 @@ func walFetchCommand(c *cli.Context, fatal bool) (string, error) {
 	for i, a := range args {
 		args[i] = shellQuote(a)
 	}
-	return strings.Join(args, " ") + " %f %p", nil
+	return strings.Join(args, " ") + " %f %p", exe, nil
 }
 
 var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_./:=@,+-]+$`)
