@@ -10,8 +10,10 @@
 //     that ends before the target on the timeline recovery follows
 //     (choose.go). A target no backup can reach is refused here, before
 //     anything is downloaded or written.
-//  2. Check the target directory (and every tablespace location): missing or
-//     empty, unless --force, which empties it first.
+//  2. Check that the restored server's OS user can run restore_command (the
+//     binary, a local repository: access.go), and the target directory (and
+//     every tablespace location): missing or empty, unless --force, which
+//     empties it first. Nothing is written before these checks pass.
 //  3. Download and decompress the archives in parallel, each a stream from
 //     the repository through the tar reader into files: bounded memory,
 //     checksums verified as the bytes arrive.

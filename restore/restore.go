@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/basebackup"
+	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // Options configure Run.
@@ -38,6 +40,11 @@ type Options struct {
 	Parallel int
 	// Recovery is what to write into the data directory for startup.
 	Recovery Recovery
+	// RepoDir is a local repository's directory and Binary the walkeeper
+	// binary that Recovery.RestoreCommand runs; before anything is written
+	// restore checks that the restored server's OS user can use both ("":
+	// not checked, e.g. S3 or a restore command of the operator's own).
+	RepoDir, Binary string
 	// NoSync skips every fsync (like pg_basebackup --no-sync): faster, but
 	// a crash of the machine can leave a directory that starts and is
 	// corrupt. For tests and throwaway copies.
@@ -81,6 +88,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkServerAccess(own, opts.RepoDir, opts.Binary, firstWALFiles(opts.RepoDir, meta)); err != nil {
+		return nil, err
+	}
 	// Every root the restore writes into, checked before anything is written.
 	roots := map[string]string{"": target}
 	locations := map[string]string{}
@@ -119,6 +129,22 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	log.Info("restore complete")
 	return &Result{Backup: meta, Tablespaces: locations}, nil
+}
+
+// firstWALFiles are the stored files, in a local repository, of the first
+// segment recovery from meta fetches.
+func firstWALFiles(repoDir string, meta *basebackup.Meta) []string {
+	start, err := replication.ParseLSN(meta.StartLSN)
+	if repoDir == "" || err != nil || meta.WALSegmentSize == 0 {
+		return nil
+	}
+	name := archive.SegmentName(meta.Timeline, uint64(start)/meta.WALSegmentSize, meta.WALSegmentSize)
+	base := filepath.Join(repoDir, filepath.FromSlash(archive.Key(name)))
+	files, _ := filepath.Glob(base + ".*") // any codec's extension
+	if _, err := os.Stat(base); err == nil {
+		files = append(files, base) // --compression none
+	}
+	return files
 }
 
 // resolveOwner decides who the restored files belong to.

@@ -199,3 +199,43 @@ func TestRestorePicksBackupThatReachesTarget(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoreRefusesRepositoryTheServerCannotRead: run as root, restore
+// gives the files to the postgres OS user, whose restore_command must read
+// the local repository. A repository private to root (as root's backup
+// leaves it: 0700 directories, 0600 files) is refused in one line saying
+// what to do, before anything is written; given to postgres, the same
+// restore works and the server recovers from it.
+func TestRestoreRefusesRepositoryTheServerCannotRead(t *testing.T) {
+	harness.RequireRoot(t)
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "private-repo"})
+	c.Exec(t, "CREATE TABLE private (i int); INSERT INTO private SELECT generate_series(1, 42)")
+	repoDir := filepath.Join(harness.MakeDir(t, "private-repo"), "repo")
+	runBackup(t, nil, repoDir, c.DSN(harness.ReplicationUser))
+	if st, err := os.Stat(repoDir); err != nil || st.Mode().Perm() != 0o700 || st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("repository %s: %v %v, want 0700 owned by root", repoDir, st.Mode(), err)
+	}
+
+	r := c.RestoreTarget(t, "private-restored")
+	_, stderr, code := runWalkeeper(t, nil, "restore", "--repo", repoDir, "--target-dir", r.DataDir(), "--target-action", "promote")
+	msg := strings.TrimSpace(stderr)
+	t.Logf("exit %d: %s", code, msg)
+	if code != 1 || strings.Contains(msg, "\n") || !strings.Contains(msg, "postgres") || !strings.Contains(msg, repoDir) ||
+		!strings.Contains(msg, "chown") {
+		t.Errorf("restore from a repository private to root: exit %d, stderr %q; want exit 1 and one line naming postgres, %s and what to do", code, msg, repoDir)
+	}
+	if _, err := os.Stat(r.DataDir()); !os.IsNotExist(err) {
+		t.Fatalf("the refused restore wrote %s (%v)", r.DataDir(), err)
+	}
+
+	giveToPostgres(t, repoDir)
+	if _, stderr, code := runWalkeeper(t, nil, "restore", "--repo", repoDir, "--target-dir", r.DataDir(), "--target-action", "promote"); code != 0 {
+		t.Fatalf("restore from the repository given to postgres: exit %d: %s", code, stderr)
+	}
+	r.SetEnv([]string{raceEnv})
+	r.StartRestored(t)
+	waitPromoted(t, r)
+	if got := r.QueryString(t, "SELECT count(*) FROM private"); got != "42" {
+		t.Fatalf("restored %s rows, want 42", got)
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/restore"
+	"github.com/walkeeper/walkeeper/storage"
 )
 
 var (
@@ -38,6 +39,7 @@ var (
 	primaryConninfoFlag = &cli.StringFlag{Name: "primary-conninfo", Usage: "primary_conninfo for the replica (default: --dsn without its password)"}
 	replicaSlotFlag     = &cli.StringFlag{Name: "slot", Usage: "with --as-replica: physical slot `NAME` for the replica, created on the primary when missing"}
 	portFlag            = &cli.IntFlag{Name: "port", Usage: "set the restored server's port (default: what its postgresql.conf says)"}
+	restoreCommandFlag  = &cli.StringFlag{Name: "restore-command", Usage: "write this `COMMAND` as restore_command instead of this binary's wal-fetch (it must contain %p; restore then leaves checking that the server can run it to you)"}
 )
 
 func init() {
@@ -62,6 +64,12 @@ restore also sets archive_mode = 'off', so the promoted copy never archives
 into the repository it was restored from; to archive it, point
 archive_command at a NEW repository and set archive_mode = on.
 
+restore_command runs as the restored server's OS user: before writing
+anything, restore checks that this user can run this binary and read a local
+repository (walkeeper.json, wal/, the first WAL segment), and refuses in one
+line saying what to change when it cannot. --restore-command writes your
+own command instead (and skips the check).
+
 Examples:
   walkeeper restore --repo s3://bucket/db1 --target-dir /var/lib/postgresql/15/main \
       --target-time '2026-11-26 14:30:00+00' --target-action promote
@@ -69,7 +77,7 @@ Examples:
       --dsn "host=db1 user=walkeeper" --slot replica2 --port 5433`,
 		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, ownerFlag, tsMapFlag, parallelFlag, noSyncFlag,
 			targetTimeFlag, targetLSNFlag, targetXIDFlag, targetNameFlag, targetTimelineFlag, targetActionFlag,
-			asReplicaFlag, primaryConninfoFlag, replicaSlotFlag, portFlag},
+			asReplicaFlag, primaryConninfoFlag, replicaSlotFlag, portFlag, restoreCommandFlag},
 		Action: restoreAction,
 	})
 }
@@ -100,11 +108,24 @@ func restoreAction(c *cli.Context) error {
 	if err := rec.Validate(); err != nil {
 		return usageError{err}
 	}
-	cmd, _, err := walFetchCommand(c, !rec.AsReplica)
-	if err != nil {
-		return err
+	// What the restored server's restore_command uses, for restore to check
+	// that the server's OS user can: this binary and a local repository.
+	var repoDir, binary string
+	if own := c.String(restoreCommandFlag.Name); own != "" {
+		if !strings.Contains(own, "%p") {
+			return usagef("--restore-command %q has no %%p: PostgreSQL puts the file's destination there", own)
+		}
+		rec.RestoreCommand = own
+	} else {
+		cmd, exe, err := walFetchCommand(c, !rec.AsReplica)
+		if err != nil {
+			return err
+		}
+		rec.RestoreCommand, binary = cmd, exe
+		if loc, err := storage.ParseLocation(c.String(repoFlag.Name)); err == nil && loc.Scheme == "file" {
+			repoDir = loc.Path
+		}
 	}
-	rec.RestoreCommand = cmd
 	repo, err := openRepository(c)
 	if err != nil {
 		return err
@@ -117,7 +138,7 @@ func restoreAction(c *cli.Context) error {
 	res, err := restore.Run(c.Context, restore.Options{
 		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name),
 		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
-		Recovery: rec, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
+		Recovery: rec, RepoDir: repoDir, Binary: binary, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
 	})
 	if err != nil {
 		return err
