@@ -25,7 +25,8 @@ import (
 //
 //	make bench   (or: go test -run '^$' -bench RestoreSync -benchtime 1x ./test/)
 func BenchmarkRestoreSync(b *testing.B) {
-	bin := filepath.Join(b.TempDir(), "walkeeper")
+	// Where the restored server's OS user can run it (restore checks).
+	bin := filepath.Join(harness.MakeDir(b, "bench-restore-bin"), "walkeeper")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/walkeeper").CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
@@ -39,6 +40,7 @@ func BenchmarkRestoreSync(b *testing.B) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("backup: %v\n%s", err, out)
 	}
+	giveToPostgres(b, repo) // the restored server's restore_command reads it
 	runs := []struct {
 		name string
 		cmd  func(dir string) *exec.Cmd
