@@ -232,13 +232,17 @@ func (b *backup) run(ctx context.Context) (*Meta, error) {
 		b.log.Warn("the server found page checksum failures: the backup copies the damaged pages as they are; check the listed files",
 			"failures", len(b.failures))
 	}
+	// The server has written its backup end: every commit before the stop
+	// LSN is older than this. restore compares point-in-time targets with
+	// it, so it is taken before the wait for the WAL.
+	stop := time.Now().UTC()
 	if b.walMode == WALStream {
 		if err := b.waitForWAL(ctx, res); err != nil {
 			return nil, err
 		}
 	}
 	meta := &Meta{
-		FormatVersion: storage.FormatVersion, ID: b.id, Label: label, StartTime: start, StopTime: time.Now().UTC(),
+		FormatVersion: storage.FormatVersion, ID: b.id, Label: label, StartTime: start, StopTime: stop,
 		StartLSN: res.startLSN.String(), StopLSN: res.stopLSN.String(), Timeline: res.startTLI, StopTimeline: res.stopTLI,
 		SystemIdentifier: b.sys.SystemID, ServerVersion: b.sys.ServerVersion, WALSegmentSize: b.sys.SegSize,
 		FromStandby: b.sys.InRecovery, WAL: b.walMode, Compression: b.opts.Repo.Codec().String(),

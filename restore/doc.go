@@ -6,9 +6,14 @@
 // # Restore lifecycle
 //
 //  1. Choose a complete backup (backup.json present): the newest by start
-//     time, or the one named.
-//  2. Check the target directory (and every tablespace location): missing or
-//     empty, unless --force, which empties it first.
+//     time, or the one named; for a --target-time or --target-lsn the newest
+//     that ends before the target on the timeline recovery follows
+//     (choose.go). A target no backup can reach is refused here, before
+//     anything is downloaded or written.
+//  2. Check that the restored server's OS user can run restore_command (the
+//     binary, a local repository: access.go), and the target directory (and
+//     every tablespace location): missing or empty, unless --force, which
+//     empties it first. Nothing is written before these checks pass.
 //  3. Download and decompress the archives in parallel, each a stream from
 //     the repository through the tar reader into files: bounded memory,
 //     checksums verified as the bytes arrive.
@@ -19,8 +24,19 @@
 //  5. Recreate pg_tblspc links from tablespace_map (relocated with
 //     --tablespace-map OLD=NEW), store backup_manifest for pg_verifybackup,
 //     write recovery.signal or standby.signal and the recovery settings.
-//  6. Write global/pg_control last. Until then PostgreSQL refuses to start
-//     the directory, so a restore that failed or was killed can never be
-//     started by mistake; a failed restore also removes what it wrote and
-//     leaves WALKEEPER_RESTORE_FAILED explaining why.
+//  6. Make everything durable, then write global/pg_control last. Until
+//     then PostgreSQL refuses to start the directory, so a restore that
+//     failed or was killed can never be started by mistake; a failed restore
+//     also removes what it wrote and leaves WALKEEPER_RESTORE_FAILED
+//     explaining why.
+//
+// # Durability
+//
+// Every change goes through one data-directory writer (datadir.go): it
+// owns each entry for the server's OS user, fsyncs every file it wrote
+// (a pool of syncers runs beside extraction), fsyncs every directory whose
+// entries changed, and only then writes pg_control, fsyncs it and fsyncs
+// global/. A crash of the machine after "restore complete" cannot leave
+// pg_control beside files that never reached the disk. Its file-system
+// calls go through an interface, so a test records their order.
 package restore

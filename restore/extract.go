@@ -10,24 +10,13 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 )
 
-// owner is who restored files belong to (nil: the current user).
-type owner struct{ uid, gid int }
-
-func (o *owner) chown(p string) error {
-	if o == nil {
-		return nil
-	}
-	return os.Lchown(p, o.uid, o.gid)
-}
-
 // extractor writes one tar archive below root, refusing anything that would
-// land outside it.
+// land outside it; the data-directory writer makes the changes.
 type extractor struct {
-	root  string
-	owner *owner
+	root string
+	dd   *dataDir
 	// hold, when it returns true for an entry name, receives that entry's
 	// content instead of the file system (pg_control, tablespace_map).
 	hold func(name string, r io.Reader) (bool, error)
@@ -95,10 +84,7 @@ func (x *extractor) mkdirAll(rel string) error {
 	case err == nil:
 		return x.unsafe(rel, "a directory is expected where another entry exists")
 	}
-	if err := os.Mkdir(p, 0o700); err != nil {
-		return err
-	}
-	return x.owner.chown(p)
+	return x.dd.mkdir(p)
 }
 
 // extract reads the whole archive.
@@ -149,21 +135,19 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if err := x.mkdirAll(path.Dir(rel)); err != nil {
 			return err
 		}
-		f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+		f, err := x.dd.create(target)
 		if err != nil {
-			return fmt.Errorf("create %s: %w", target, err)
+			return err
 		}
 		n, err := io.Copy(f, r)
-		if cerr := f.Close(); err == nil {
-			err = cerr
+		if err == nil && n != h.Size {
+			err = fmt.Errorf("%d bytes, archive says %d", n, h.Size)
 		}
 		if err != nil {
+			x.dd.abort(f)
 			return fmt.Errorf("write %s: %w", target, err)
 		}
-		if n != h.Size {
-			return fmt.Errorf("write %s: %d bytes, archive says %d", target, n, h.Size)
-		}
-		return x.owner.chown(target)
+		return x.dd.commit(f, target)
 	case tar.TypeSymlink:
 		dest := h.Linkname
 		resolved := dest
@@ -176,11 +160,11 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if err := x.mkdirAll(path.Dir(rel)); err != nil {
 			return err
 		}
-		if err := os.Symlink(dest, target); err != nil {
+		if err := x.dd.symlink(dest, target); err != nil {
 			return err
 		}
 		x.links[rel] = true
-		return x.owner.chown(target)
+		return nil
 	case tar.TypeLink:
 		src, err := x.clean(h.Linkname)
 		if err != nil {
@@ -197,7 +181,7 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if err := x.mkdirAll(path.Dir(rel)); err != nil {
 			return err
 		}
-		return os.Link(srcPath, target)
+		return x.dd.link(srcPath, target)
 	}
 	return x.unsafe(rel, fmt.Sprintf("unsupported entry type %q", h.Typeflag))
 }

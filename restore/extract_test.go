@@ -38,7 +38,7 @@ func TestExtractSafe(t *testing.T) {
 	root := filepath.Join(parent, "root")
 	os.Mkdir(root, 0o700)
 	var held []string
-	x := &extractor{root: root, hold: func(name string, r io.Reader) (bool, error) {
+	x := &extractor{root: root, dd: newDataDir(nil, nil, false), hold: func(name string, r io.Reader) (bool, error) {
 		if name == "global/pg_control" {
 			held = append(held, name)
 			io.Copy(io.Discard, r)
@@ -95,7 +95,7 @@ func TestExtractRefusesEscapes(t *testing.T) {
 			root := filepath.Join(parent, "root")
 			os.Mkdir(root, 0o700)
 			os.WriteFile(filepath.Join(parent, "secret"), []byte("s"), 0o600)
-			x := &extractor{root: root}
+			x := &extractor{root: root, dd: newDataDir(nil, nil, false)}
 			err := x.extract(context.Background(), bytes.NewReader(tarOf(t, tc.entries...)))
 			if err == nil {
 				t.Fatal("accepted")

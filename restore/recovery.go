@@ -78,28 +78,41 @@ func (r Recovery) Validate() error {
 	return nil
 }
 
-// ParseTargetTime accepts the timestamps PostgreSQL accepts most often:
-// RFC 3339 and "2006-01-02 15:04:05[.fraction][±zone]".
+// ParseTargetTime accepts the timestamps PostgreSQL accepts most often,
+// with their time zone: RFC 3339 and "2006-01-02 15:04:05[.fraction]±zone"
+// (or " UTC"). The zone is required: restore compares the time with the
+// backups' ends to choose one, while PostgreSQL would read a time without
+// a zone in the restored server's TimeZone, which restore cannot know.
 func ParseTargetTime(s string) (time.Time, error) {
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07",
-		"2006-01-02 15:04:05.999999999 MST", "2006-01-02 15:04:05.999999999"} {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z0700",
+		"2006-01-02 15:04:05.999999999Z07"} {
 		if t, err := time.Parse(layout, s); err == nil {
 			return t, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("--target-time %q: use a timestamp such as 2026-11-26 14:30:00+00 or 2026-11-26T14:30:00Z", s)
+	for _, suffix := range []string{" UTC", " GMT"} {
+		if rest, ok := strings.CutSuffix(s, suffix); ok {
+			if t, err := time.Parse("2006-01-02 15:04:05.999999999", rest); err == nil {
+				return t, nil
+			}
+		}
+	}
+	if _, err := time.Parse("2006-01-02 15:04:05.999999999", s); err == nil {
+		return time.Time{}, fmt.Errorf("--target-time %q has no time zone: add one, such as %s+00 (PostgreSQL would read it in the restored server's TimeZone)", s, s)
+	}
+	return time.Time{}, fmt.Errorf("--target-time %q: use a timestamp with a numeric time zone, such as 2026-11-26 14:30:00+00 or 2026-11-26T14:30:00Z", s)
 }
 
 // confQuote quotes a value for postgresql.conf.
 func confQuote(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
 
 // write creates the signal file and appends the settings.
-func (r Recovery) write(dir string, own *owner) error {
+func (r Recovery) write(dd *dataDir, dir string) error {
 	signal := "recovery.signal"
 	if r.AsReplica {
 		signal = "standby.signal"
 	}
-	if err := writeFileSync(filepath.Join(dir, signal), nil, own); err != nil {
+	if err := dd.writeFile(filepath.Join(dir, signal), nil); err != nil {
 		return err
 	}
 	var b strings.Builder
@@ -121,10 +134,19 @@ func (r Recovery) write(dir string, own *owner) error {
 	if r.Port != 0 {
 		fmt.Fprintf(&b, "port = %d\n", r.Port)
 	}
+	if !r.AsReplica {
+		// The copy has the primary's system identifier and archive
+		// settings: once promoted it would pass wal-push's checks and
+		// store its own timeline in the repository it came from, which
+		// restores, verify and the stream would then follow.
+		b.WriteString("# A restored copy must not archive into the repository it was restored from.\n" +
+			"# To archive it, point archive_command at a NEW repository, then archive_mode = on.\n")
+		set("archive_mode", "off")
+	}
 	p := filepath.Join(dir, "postgresql.auto.conf")
 	old, err := os.ReadFile(p)
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	return writeFileSync(p, append(old, b.String()...), own)
+	return dd.writeFile(p, append(old, b.String()...))
 }

@@ -3,7 +3,6 @@ package restore
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +16,9 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/basebackup"
+	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // Options configure Run.
@@ -39,7 +40,20 @@ type Options struct {
 	Parallel int
 	// Recovery is what to write into the data directory for startup.
 	Recovery Recovery
-	Log      *slog.Logger
+	// RepoDir is a local repository's directory and Binary the walkeeper
+	// binary that Recovery.RestoreCommand runs; before anything is written
+	// restore checks that the restored server's OS user can use both ("":
+	// not checked, e.g. S3 or a restore command of the operator's own).
+	RepoDir, Binary string
+	// NoSync skips every fsync (like pg_basebackup --no-sync): faster, but
+	// a crash of the machine can leave a directory that starts and is
+	// corrupt. For tests and throwaway copies.
+	NoSync bool
+	Log    *slog.Logger
+
+	// fs is the file system the data directory is written through (nil:
+	// the real one); tests record it.
+	fs fileSystem
 }
 
 // Result describes a finished restore.
@@ -63,15 +77,18 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	meta, err := chooseBackup(ctx, opts.Repo, opts.BackupID)
-	if err != nil {
+	if err := opts.Recovery.Validate(); err != nil {
 		return nil, err
 	}
-	if err := opts.Recovery.Validate(); err != nil {
+	meta, why, err := chooseBackup(ctx, opts.Repo, opts.BackupID, opts.Recovery)
+	if err != nil {
 		return nil, err
 	}
 	own, err := resolveOwner(opts.Owner, target)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkServerAccess(own, opts.RepoDir, opts.Binary, firstWALFiles(opts.RepoDir, meta)); err != nil {
 		return nil, err
 	}
 	// Every root the restore writes into, checked before anything is written.
@@ -93,14 +110,19 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 		roots[ts.OID], locations[ts.OID] = loc, loc
 	}
+	dd := newDataDir(opts.fs, own, opts.NoSync)
+	defer dd.discard()
 	for _, root := range roots {
-		if err := prepareDir(root, opts.Force, own); err != nil {
+		if err := dd.prepareRoot(root, opts.Force); err != nil {
 			return nil, err
 		}
 	}
 	log := opts.Log.With("backup", meta.ID, "target", target)
+	if why != "" {
+		log.Info("chose backup", "because", why)
+	}
 	log.Info("restoring", "start_lsn", meta.StartLSN, "stop_lsn", meta.StopLSN, "size", meta.Size, "tablespaces", len(locations))
-	r := &restorer{opts: opts, meta: meta, target: target, roots: roots, locations: locations, owner: own, log: log}
+	r := &restorer{opts: opts, meta: meta, target: target, roots: roots, locations: locations, dd: dd, log: log}
 	if err := r.run(ctx); err != nil {
 		r.fail(err)
 		return nil, err
@@ -109,29 +131,20 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	return &Result{Backup: meta, Tablespaces: locations}, nil
 }
 
-// chooseBackup finds the backup to restore: only complete ones qualify.
-func chooseBackup(ctx context.Context, repo *storage.Repository, id string) (*basebackup.Meta, error) {
-	infos, err := basebackup.List(ctx, repo)
-	if err != nil {
-		return nil, err
+// firstWALFiles are the stored files, in a local repository, of the first
+// segment recovery from meta fetches.
+func firstWALFiles(repoDir string, meta *basebackup.Meta) []string {
+	start, err := replication.ParseLSN(meta.StartLSN)
+	if repoDir == "" || err != nil || meta.WALSegmentSize == 0 {
+		return nil
 	}
-	if id == "" || id == "latest" {
-		for i := len(infos) - 1; i >= 0; i-- {
-			if infos[i].Complete {
-				return infos[i].Meta, nil
-			}
-		}
-		return nil, fmt.Errorf("no complete backup in %s: take one with walkeeper backup", repo)
+	name := archive.SegmentName(meta.Timeline, uint64(start)/meta.WALSegmentSize, meta.WALSegmentSize)
+	base := filepath.Join(repoDir, filepath.FromSlash(archive.Key(name)))
+	files, _ := filepath.Glob(base + ".*") // any codec's extension
+	if _, err := os.Stat(base); err == nil {
+		files = append(files, base) // --compression none
 	}
-	for _, i := range infos {
-		if i.ID == id {
-			if !i.Complete {
-				return nil, fmt.Errorf("backup %s is incomplete (it has no backup.json) and cannot be restored: choose a complete one from walkeeper list", id)
-			}
-			return i.Meta, nil
-		}
-	}
-	return nil, fmt.Errorf("backup %s not found in %s: see walkeeper list", id, repo)
+	return files
 }
 
 // resolveOwner decides who the restored files belong to.
@@ -156,38 +169,13 @@ func resolveOwner(name, target string) (*owner, error) {
 	return &owner{int(sys.Uid), int(sys.Gid)}, nil
 }
 
-// prepareDir makes dir an empty directory with mode 0700.
-func prepareDir(dir string, force bool, own *owner) error {
-	entries, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-	case err != nil:
-		return fmt.Errorf("target %s: %w", dir, err)
-	case len(entries) > 0 && !force:
-		return fmt.Errorf("%s is not empty: restore into an empty directory, or pass --force to replace its contents", dir)
-	case len(entries) > 0:
-		for _, e := range entries {
-			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-				return fmt.Errorf("--force: empty %s: %w", dir, err)
-			}
-		}
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return err
-	}
-	return own.chown(dir)
-}
-
 type restorer struct {
 	opts      Options
 	meta      *basebackup.Meta
 	target    string
 	roots     map[string]string // OID ("" for base) → directory
 	locations map[string]string // OID → tablespace location
-	owner     *owner
+	dd        *dataDir
 	log       *slog.Logger
 
 	mu            sync.Mutex
@@ -245,11 +233,12 @@ func (r *restorer) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := r.opts.Recovery.write(r.target, r.owner); err != nil {
+	if err := r.opts.Recovery.write(r.dd, r.target); err != nil {
 		return err
 	}
-	// Last: with pg_control in place the directory can start.
-	return writeFileSync(filepath.Join(r.target, "global", "pg_control"), r.pgControl, r.owner)
+	// Last, once everything else is durable: with pg_control in place the
+	// directory can start.
+	return r.dd.writePGControl(r.target, r.pgControl)
 }
 
 // archive restores one tablespace archive into root.
@@ -260,7 +249,7 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 		return fmt.Errorf("open %s: %w", obj.Key, err)
 	}
 	defer rd.Close()
-	x := &extractor{root: root, owner: r.owner}
+	x := &extractor{root: root, dd: r.dd}
 	if base {
 		x.hold = func(name string, content io.Reader) (bool, error) {
 			var dst *[]byte
@@ -322,14 +311,11 @@ func (r *restorer) tablespaceLinks() error {
 		}
 		fmt.Fprintf(&out, "%s %s\n", oid, newLoc)
 		link := filepath.Join(r.target, "pg_tblspc", oid)
-		if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+		if err := r.dd.mkdirAll(filepath.Dir(link)); err != nil {
 			return err
 		}
-		if err := os.Symlink(newLoc, link); err != nil {
+		if err := r.dd.symlink(newLoc, link); err != nil {
 			return fmt.Errorf("link tablespace %s: %w", oid, err)
-		}
-		if err := r.owner.chown(link); err != nil {
-			return err
 		}
 		if newLoc != loc {
 			r.log.Info("relocated tablespace", "oid", oid, "from", loc, "to", newLoc)
@@ -339,7 +325,7 @@ func (r *restorer) tablespaceLinks() error {
 	if !bytes.Equal(out.Bytes(), r.tablespaceMap) {
 		content = out.Bytes()
 	}
-	return writeFileSync(filepath.Join(r.target, "tablespace_map"), content, r.owner)
+	return r.dd.writeFile(filepath.Join(r.target, "tablespace_map"), content)
 }
 
 func (r *restorer) copyObject(ctx context.Context, key, dest string) error {
@@ -348,53 +334,28 @@ func (r *restorer) copyObject(ctx context.Context, key, dest string) error {
 		return err
 	}
 	defer rd.Close()
-	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := r.dd.create(dest)
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(f, rd)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if _, err := io.Copy(f, rd); err != nil {
+		r.dd.abort(f)
 		return fmt.Errorf("restore %s: %w", key, err)
 	}
-	return r.owner.chown(dest)
+	return r.dd.commit(f, dest)
 }
 
 // fail removes what the restore wrote and leaves a note saying why.
 func (r *restorer) fail(cause error) {
+	r.dd.discard()
 	for _, root := range r.roots {
 		entries, _ := os.ReadDir(root)
 		for _, e := range entries {
-			os.RemoveAll(filepath.Join(root, e.Name()))
+			r.dd.removeAll(filepath.Join(root, e.Name()))
 		}
 	}
 	note := fmt.Sprintf("walkeeper restore of backup %s failed at %s:\n%v\nThis directory is not a usable data directory. Fix the cause and restore again (--force replaces this file).\n",
 		r.meta.ID, time.Now().UTC().Format(time.RFC3339), cause)
-	os.WriteFile(filepath.Join(r.target, FailedMarker), []byte(note), 0o600)
-	r.owner.chown(filepath.Join(r.target, FailedMarker))
-}
-
-// writeFileSync writes a small file durably.
-func writeFileSync(p string, data []byte, own *owner) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return own.chown(p)
+	r.dd.writeFile(filepath.Join(r.target, FailedMarker), []byte(note))
+	r.dd.sync()
 }

@@ -96,7 +96,7 @@ func repoTargets(t *testing.T) []repoTarget {
 // giveToPostgres hands a local repository written by the (root) test to the
 // postgres OS user, as if walkeeper had run as postgres, so restore_command
 // (wal-fetch, run by the server) can read it.
-func giveToPostgres(t *testing.T, dir string) {
+func giveToPostgres(t testing.TB, dir string) {
 	t.Helper()
 	if os.Geteuid() != 0 || strings.HasPrefix(dir, "s3://") {
 		return

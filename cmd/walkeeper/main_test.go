@@ -64,6 +64,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"unknown config key", nil, []string{"--config", badConfig}, `unknown setting "repository"`},
 		{"missing config file", nil, []string{"--config", filepath.Join(dir, "nope.toml")}, "config file"},
 		{"bad part size", nil, []string{"--s3-part-size", "lots"}, "invalid size"},
+		{"restore command without %p", nil, []string{"restore", "--repo", dir, "--target-dir", filepath.Join(dir, "t"), "--restore-command", "cp /x"}, "has no %p"},
+		{"target time without zone", nil, []string{"restore", "--repo", dir, "--target-dir", filepath.Join(dir, "t"), "--target-time", "2026-11-26 14:30:00"}, "has no time zone"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stdout, stderr, code := run(t, bin, tc.env, tc.args...)

@@ -16,17 +16,19 @@ import (
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/restore"
+	"github.com/walkeeper/walkeeper/storage"
 )
 
 var (
 	targetDirFlag = &cli.StringFlag{Name: "target-dir", Usage: "data `DIR` to create (missing or empty)"}
-	backupIDFlag  = &cli.StringFlag{Name: "backup", Value: "latest", Usage: "backup `ID` to restore, or latest (the newest complete backup)"}
+	backupIDFlag  = &cli.StringFlag{Name: "backup", Value: "latest", Usage: "backup `ID` to restore, or latest (the newest complete backup; with --target-time or --target-lsn the newest that ends before the target)"}
 	forceFlag     = &cli.BoolFlag{Name: "force", Usage: "empty a non-empty target directory (and tablespace locations) first"}
 	ownerFlag     = &cli.StringFlag{Name: "owner", Usage: "OS `USER` owning the restored files (default when run as root: the owner of the target's parent directory)"}
 	tsMapFlag     = &cli.StringSliceFlag{Name: "tablespace-map", Usage: "relocate a tablespace: `OLD=NEW` (repeatable)"}
 	parallelFlag  = &cli.IntFlag{Name: "parallel", Value: 4, Usage: "archives restored at once"}
+	noSyncFlag    = &cli.BoolFlag{Name: "no-sync", Usage: "skip every fsync (like pg_basebackup --no-sync): a crash of the machine can then leave a directory that starts and is corrupt; for tests and throwaway copies"}
 
-	targetTimeFlag     = &cli.StringFlag{Name: "target-time", Usage: "recover up to this `TIMESTAMP` (e.g. '2026-11-26 14:30:00+00')"}
+	targetTimeFlag     = &cli.StringFlag{Name: "target-time", Usage: "recover up to this `TIMESTAMP`, with its time zone (e.g. '2026-11-26 14:30:00+00')"}
 	targetLSNFlag      = &cli.StringFlag{Name: "target-lsn", Usage: "recover up to this `LSN`"}
 	targetXIDFlag      = &cli.StringFlag{Name: "target-xid", Usage: "recover up to and including this transaction `ID`"}
 	targetNameFlag     = &cli.StringFlag{Name: "target-name", Usage: "recover up to this restore point (pg_create_restore_point)"}
@@ -37,6 +39,7 @@ var (
 	primaryConninfoFlag = &cli.StringFlag{Name: "primary-conninfo", Usage: "primary_conninfo for the replica (default: --dsn without its password)"}
 	replicaSlotFlag     = &cli.StringFlag{Name: "slot", Usage: "with --as-replica: physical slot `NAME` for the replica, created on the primary when missing"}
 	portFlag            = &cli.IntFlag{Name: "port", Usage: "set the restored server's port (default: what its postgresql.conf says)"}
+	restoreCommandFlag  = &cli.StringFlag{Name: "restore-command", Usage: "write this `COMMAND` as restore_command instead of this binary's wal-fetch (it must contain %p; restore then leaves checking that the server can run it to you)"}
 )
 
 func init() {
@@ -46,24 +49,35 @@ func init() {
 		Description: `Downloads and decompresses the backup's archives in parallel with bounded
 memory, verifying every object's checksum, and extracts them safely: every
 entry stays inside the target directory or its tablespace's location.
-global/pg_control is written last, so a failed or interrupted restore can
-never be started by mistake. A failed restore removes what it wrote and
-leaves WALKEEPER_RESTORE_FAILED in the directory.
+Every file and directory it writes is fsynced before global/pg_control is
+written, then pg_control and global/ are: a failed, interrupted or crashed
+restore can never be started by mistake, and a finished one survives a
+crash of the machine. A failed restore removes what it wrote and leaves
+WALKEEPER_RESTORE_FAILED in the directory.
 
 The restored directory is ready to start: recovery.signal (or standby.signal
 with --as-replica) and, in postgresql.auto.conf, restore_command = this
 binary's wal-fetch with the repository settings (never S3 keys or passwords:
 give the PostgreSQL server AWS_* in its environment or ~/.aws/credentials of
-its OS user, and use ~/.pgpass for the replica's password).
+its OS user, and use ~/.pgpass for the replica's password). A point-in-time
+restore also sets archive_mode = 'off', so the promoted copy never archives
+into the repository it was restored from; to archive it, point
+archive_command at a NEW repository and set archive_mode = on.
+
+restore_command runs as the restored server's OS user: before writing
+anything, restore checks that this user can run this binary and read a local
+repository (walkeeper.json, wal/, the first WAL segment), and refuses in one
+line saying what to change when it cannot. --restore-command writes your
+own command instead (and skips the check).
 
 Examples:
   walkeeper restore --repo s3://bucket/db1 --target-dir /var/lib/postgresql/15/main \
       --target-time '2026-11-26 14:30:00+00' --target-action promote
   walkeeper restore --repo s3://bucket/db1 --target-dir /srv/replica2 --as-replica \
       --dsn "host=db1 user=walkeeper" --slot replica2 --port 5433`,
-		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, ownerFlag, tsMapFlag, parallelFlag,
+		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, ownerFlag, tsMapFlag, parallelFlag, noSyncFlag,
 			targetTimeFlag, targetLSNFlag, targetXIDFlag, targetNameFlag, targetTimelineFlag, targetActionFlag,
-			asReplicaFlag, primaryConninfoFlag, replicaSlotFlag, portFlag},
+			asReplicaFlag, primaryConninfoFlag, replicaSlotFlag, portFlag, restoreCommandFlag},
 		Action: restoreAction,
 	})
 }
@@ -94,11 +108,24 @@ func restoreAction(c *cli.Context) error {
 	if err := rec.Validate(); err != nil {
 		return usageError{err}
 	}
-	cmd, err := walFetchCommand(c, !rec.AsReplica)
-	if err != nil {
-		return err
+	// What the restored server's restore_command uses, for restore to check
+	// that the server's OS user can: this binary and a local repository.
+	var repoDir, binary string
+	if own := c.String(restoreCommandFlag.Name); own != "" {
+		if !strings.Contains(own, "%p") {
+			return usagef("--restore-command %q has no %%p: PostgreSQL puts the file's destination there", own)
+		}
+		rec.RestoreCommand = own
+	} else {
+		cmd, exe, err := walFetchCommand(c, !rec.AsReplica)
+		if err != nil {
+			return err
+		}
+		rec.RestoreCommand, binary = cmd, exe
+		if loc, err := storage.ParseLocation(c.String(repoFlag.Name)); err == nil && loc.Scheme == "file" {
+			repoDir = loc.Path
+		}
 	}
-	rec.RestoreCommand = cmd
 	repo, err := openRepository(c)
 	if err != nil {
 		return err
@@ -111,7 +138,7 @@ func restoreAction(c *cli.Context) error {
 	res, err := restore.Run(c.Context, restore.Options{
 		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name),
 		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
-		Recovery: rec, Log: slog.Default(),
+		Recovery: rec, RepoDir: repoDir, Binary: binary, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
 	})
 	if err != nil {
 		return err
@@ -123,13 +150,12 @@ func restoreAction(c *cli.Context) error {
 // walFetchCommand builds restore_command: this binary's absolute path,
 // wal-fetch and the repository settings, never secrets. fatal makes storage
 // errors abort recovery instead of looking like the end of the archive.
-func walFetchCommand(c *cli.Context, fatal bool) (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", err
+func walFetchCommand(c *cli.Context, fatal bool) (cmd, exe string, err error) {
+	if exe, err = os.Executable(); err != nil {
+		return "", "", err
 	}
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return "", err
+		return "", "", err
 	}
 	args := []string{exe, "wal-fetch", "--repo", c.String(repoFlag.Name)}
 	if v := c.String(s3EndpointFlag.Name); v != "" {
@@ -147,7 +173,7 @@ func walFetchCommand(c *cli.Context, fatal bool) (string, error) {
 	for i, a := range args {
 		args[i] = shellQuote(a)
 	}
-	return strings.Join(args, " ") + " %f %p", nil
+	return strings.Join(args, " ") + " %f %p", exe, nil
 }
 
 var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_./:=@,+-]+$`)

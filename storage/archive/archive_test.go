@@ -358,3 +358,28 @@ func FuzzParseHistory(f *testing.F) {
 		}
 	})
 }
+
+// TestLoadGraphReadsHistoriesOnly: the graph of the history files found by
+// probing, without the segments; a damaged history file is an error.
+func TestLoadGraphReadsHistoriesOnly(t *testing.T) {
+	ctx := context.Background()
+	repo := newRepo(t)
+	segs(t, repo, 1, 1, 5)
+	put(t, repo, "00000002.history", "1\t0/3000000\tx\n")
+	put(t, repo, "00000003.history", "1\t0/3000000\tx\n2\t0/5000000\tx\n")
+	put(t, repo, "00000005.history", "1\t0/3000000\tx\n2\t0/5000000\tx\n3\t0/6000000\tx\n4\t0/6800000\tx\n") // past a missing 4
+	g, err := archive.LoadGraph(ctx, repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Newest() != 3 || !g.Path(3).Covers(2, 0x4000000) || g.Path(3).Covers(1, 0x4000000) {
+		t.Errorf("newest %d, path to 3 %+v", g.Newest(), g.Path(3))
+	}
+	if g, err := archive.LoadGraph(ctx, repo, 5); err != nil || !g.Known(5) {
+		t.Errorf("extra timeline 5: known %v, %v", g != nil && g.Known(5), err)
+	}
+	put(t, repo, "00000004.history", "garbage\n")
+	if _, err := archive.LoadGraph(ctx, repo); !errors.Is(err, archive.ErrBadHistory) {
+		t.Errorf("damaged history: %v, want ErrBadHistory", err)
+	}
+}

@@ -92,6 +92,41 @@ func Load(ctx context.Context, repo *storage.Repository, segSize uint64) (*Index
 // WAL starting at segment from.
 func LoadFrom(ctx context.Context, repo *storage.Repository, segSize, from uint64, extra ...uint32) (*Index, error) {
 	ix := newIndex(segSize, from)
+	tlis, err := ix.probeHistories(ctx, repo, extra)
+	if err != nil {
+		return nil, err
+	}
+	sorted := make([]uint32, 0, len(tlis))
+	for t := range tlis {
+		sorted = append(sorted, t)
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	for _, t := range sorted {
+		prefix := storage.WALPrefix + fmt.Sprintf("%08X", t)
+		after := ""
+		if from > 0 {
+			// Just after every key of segment from-1 ('~' sorts after
+			// ".partial" and the codec extensions).
+			after = Key(SegmentName(t, from-1, segSize)) + "~"
+		}
+		if err := repo.Backend().ListFrom(ctx, prefix, after, func(o storage.ObjectInfo) error {
+			if n := NameOfKey(o.Key); KindOf(n) != History {
+				ix.add(o)
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("list WAL of timeline %d: %w", t, err)
+		}
+	}
+	sort.Slice(ix.Objects, func(i, j int) bool { return ix.Objects[i].Key < ix.Objects[j].Key })
+	ix.reindex()
+	return ix, nil
+}
+
+// probeHistories finds the history files by probing timeline after
+// timeline (and the extra ones), reads them into the graph and returns
+// every timeline they name, 1 included.
+func (ix *Index) probeHistories(ctx context.Context, repo *storage.Repository, extra []uint32) (map[uint32]bool, error) {
 	tlis := map[uint32]bool{1: true}
 	probe := func(t uint32) error {
 		info, err := repo.Find(ctx, Key(HistoryName(t)))
@@ -128,31 +163,21 @@ func LoadFrom(ctx context.Context, repo *storage.Repository, segSize, from uint6
 			tlis[e.TLI] = true
 		}
 	}
-	sorted := make([]uint32, 0, len(tlis))
-	for t := range tlis {
-		sorted = append(sorted, t)
+	return tlis, nil
+}
+
+// LoadGraph reads only the timeline graph: the history files, found by
+// probing as LoadFrom does, without listing any segment. History files that
+// cannot be read or parsed are an error naming them.
+func LoadGraph(ctx context.Context, repo *storage.Repository, extra ...uint32) (*Graph, error) {
+	ix := newIndex(0, 0)
+	if _, err := ix.probeHistories(ctx, repo, extra); err != nil {
+		return nil, err
 	}
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-	for _, t := range sorted {
-		prefix := storage.WALPrefix + fmt.Sprintf("%08X", t)
-		after := ""
-		if from > 0 {
-			// Just after every key of segment from-1 ('~' sorts after
-			// ".partial" and the codec extensions).
-			after = Key(SegmentName(t, from-1, segSize)) + "~"
-		}
-		if err := repo.Backend().ListFrom(ctx, prefix, after, func(o storage.ObjectInfo) error {
-			if n := NameOfKey(o.Key); KindOf(n) != History {
-				ix.add(o)
-			}
-			return nil
-		}); err != nil {
-			return nil, fmt.Errorf("list WAL of timeline %d: %w", t, err)
-		}
+	for key, err := range ix.HistoryErrors {
+		return nil, fmt.Errorf("timeline history %s: %w", key, err)
 	}
-	sort.Slice(ix.Objects, func(i, j int) bool { return ix.Objects[i].Key < ix.Objects[j].Key })
-	ix.reindex()
-	return ix, nil
+	return ix.Graph, nil
 }
 
 func (ix *Index) reindex() {

@@ -56,6 +56,16 @@ func missingDependency(t testing.TB, format string, args ...any) {
 	t.Skipf("skipping: missing test dependency: %s", msg)
 }
 
+// RequireRoot skips the test (fails it under CI, which runs as root) unless
+// it runs as root: for tests about files that belong to another OS user
+// than the one running walkeeper.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missingDependency(t, "root (the test needs files owned by another OS user)")
+	}
+}
+
 // PGBinDir returns the directory holding the PostgreSQL binaries: the value
 // of WALKEEPER_PG_BIN if set, DefaultPGBinDir otherwise.
 func PGBinDir() string {

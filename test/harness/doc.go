@@ -27,7 +27,8 @@
 //
 //	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 //
-// RequirePG and RequireS3 check for the dependencies. When one is missing the
+// RequirePG and RequireS3 check for the dependencies (RequireRoot for
+// tests that need files owned by another OS user). When one is missing the
 // test is skipped, unless the environment variable CI is true, in which case
 // the test fails: CI must never silently skip integration tests.
 //
