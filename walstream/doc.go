@@ -50,6 +50,15 @@
 // not with pglogrepl.SendStandbyStatusUpdate, which would replace a zero
 // flush position with the write position.
 //
+// # Storage errors
+//
+// The uploader retries transient errors, and waits out what a command run
+// once stops on (waitOut): a full, over-quota or read-only repository (an
+// outage; the slot holds the WAL meanwhile) and a not-found of an object
+// it had just listed or found (a race with another writer). Only the
+// remaining permanent errors end the stream (giveUp). The failure being
+// retried is published to the heartbeat, status and metrics.
+//
 // # Memory
 //
 // A segment lives in memory as 1 MiB chunks while it is received and until it

@@ -139,7 +139,10 @@ func Run(ctx context.Context, opts Options) error {
 			stopUploader()
 			return s.stopped()
 		}
-		if errors.Is(err, replication.ErrPermanent) || storage.IsPermanent(err) || !s.started {
+		// A storage error to wait out (a full disk, an object another
+		// writer just removed) is retried even before the first start:
+		// it is no misconfiguration.
+		if errors.Is(err, replication.ErrPermanent) || giveUp(err) || (!s.started && !waitOut(err)) {
 			stopUploader()
 			return err
 		}
@@ -147,7 +150,11 @@ func Run(ctx context.Context, opts Options) error {
 			backoff = time.Second // it streamed for a while: a fresh failure
 		}
 		s.reconnects.Add(1)
-		log.Warn("replication connection lost, reconnecting", "error", err, "retry_in", backoff.String())
+		if waitOut(err) {
+			log.Warn("reading the repository failed, starting again", "error", err, "retry_in", backoff.String())
+		} else {
+			log.Warn("replication connection lost, reconnecting", "error", err, "retry_in", backoff.String())
+		}
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
@@ -254,6 +261,10 @@ func (s *streamer) heartbeat(ctx context.Context, stop <-chan struct{}) {
 			Slot: s.opts.Slot, Host: host, PID: os.Getpid(), SystemIdentifier: sys,
 			Timeline: s.tliNow.Load(), Received: LSN(s.receivedNow.Load()).String(),
 			Flushed: LSN(s.up.flushed.Load()).String(), UpdatedAt: time.Now().UTC(), Stopped: stopped,
+		}
+		if msg, since, ok := s.up.failing(); ok {
+			since = since.UTC()
+			st.StorageError, st.StorageErrorSince = msg, &since
 		}
 		wctx, cancel := context.WithTimeout(ctx, storage.StreamHeartbeat)
 		defer cancel()
