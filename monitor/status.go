@@ -210,6 +210,11 @@ type StreamReport struct {
 	FlushedLSN  string    `json:"flushed_lsn"`
 	LastHeard   time.Time `json:"last_heard"`
 	AgeSeconds  float64   `json:"age_seconds"`
+	// StorageError is the failure to store WAL the stream was retrying at
+	// its last heartbeat (a full or read-only repository, unreachable
+	// storage), since StorageErrorSince; absent while storing works.
+	StorageError      string     `json:"storage_error,omitempty"`
+	StorageErrorSince *time.Time `json:"storage_error_since,omitempty"`
 }
 
 // CollectStatus reads the repository and, with a DSN, the server and slot.
@@ -240,6 +245,7 @@ func CollectStatus(ctx context.Context, opts StatusOptions) (*StatusReport, erro
 		rep.Streams = append(rep.Streams, StreamReport{
 			Slot: s.Slot, Alive: s.Live(now), Stopped: s.Stopped, Host: s.Host, PID: s.PID, Timeline: s.Timeline,
 			ReceivedLSN: s.Received, FlushedLSN: s.Flushed, LastHeard: s.UpdatedAt, AgeSeconds: seconds(now.Sub(s.UpdatedAt)),
+			StorageError: s.StorageError, StorageErrorSince: s.StorageErrorSince,
 		})
 	}
 	if opts.DSN != "" {
@@ -295,6 +301,11 @@ func statusProblems(rep *StatusReport, opts StatusOptions) []string {
 		p = append(p, fmt.Sprintf("WAL gap: %d segment(s) missing from %s to %s (%d gap(s) in all): point-in-time recovery cannot cross it; take a new base backup",
 			g.Count, g.First, g.Last, len(r.WALGaps)))
 	}
+	for _, s := range rep.Streams {
+		if s.Alive && s.StorageError != "" {
+			p = append(p, fmt.Sprintf("stream %s cannot store WAL%s: %s", s.Slot, failingFor(s, rep.CheckedAt), s.StorageError))
+		}
+	}
 	if s := rep.Server; s != nil && !s.Reachable {
 		p = append(p, "server unreachable: "+s.Error)
 	}
@@ -308,6 +319,14 @@ func statusProblems(rep *StatusReport, opts StatusOptions) []string {
 		}
 	}
 	return p
+}
+
+// failingFor is " for 5m" when the stream's storage error has a start.
+func failingFor(s StreamReport, now time.Time) string {
+	if s.StorageErrorSince == nil {
+		return ""
+	}
+	return " for " + roundAge(now.Sub(*s.StorageErrorSince)).String()
 }
 
 func roundAge(d time.Duration) time.Duration {
@@ -580,6 +599,9 @@ func (r *StatusReport) WriteText(w io.Writer) error {
 		line("process", "pid %d on %s", s.PID, s.Host)
 		line("flushed LSN", "%s (timeline %d)", s.FlushedLSN, s.Timeline)
 		line("last heard", "%s ago", age(s.AgeSeconds))
+		if s.StorageError != "" {
+			line("storage error", "%s%s", s.StorageError, failingFor(s, r.CheckedAt))
+		}
 	}
 	if len(r.Problems) == 0 {
 		head("Status", "OK")

@@ -139,3 +139,36 @@ func TestSafeWALSizeText(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusShowsStreamStorageError: a live stream whose heartbeat carries
+// a storage error (a full repository) is a problem, and the text says what.
+func TestStatusShowsStreamStorageError(t *testing.T) {
+	ctx := context.Background()
+	repo := storage.NewRepository(storage.NewMemory(), storage.CodecZstd)
+	now := time.Now()
+	since := now.Add(-5 * time.Minute).UTC()
+	hb := storage.StreamStatus{Slot: "wk", Host: "db1", PID: 7, Flushed: "0/3000000", UpdatedAt: now.UTC(),
+		StorageError:      "the repository /srv/repo is full (no space left on device): free space or make it writable; the slot holds the WAL meanwhile",
+		StorageErrorSince: &since}
+	if err := repo.WriteJSON(ctx, storage.StreamStatusKey("wk"), hb); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := CollectStatus(ctx, StatusOptions{Repo: repo, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Streams) != 1 || rep.Streams[0].StorageError != hb.StorageError {
+		t.Fatalf("streams %+v", rep.Streams)
+	}
+	if len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], "stream wk cannot store WAL for 5m0s") ||
+		!strings.Contains(rep.Problems[0], "is full") {
+		t.Errorf("problems %q", rep.Problems)
+	}
+	var text strings.Builder
+	if err := rep.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "storage error") || !strings.Contains(text.String(), "is full") {
+		t.Errorf("text report lacks the storage error:\n%s", text.String())
+	}
+}

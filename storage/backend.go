@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 	"time"
 )
 
@@ -139,6 +140,37 @@ func IsPermanent(err error) bool {
 	var p *permanentError
 	return errors.As(err, &p) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) ||
 		errors.Is(err, ErrExists) || errors.Is(err, ErrPrecondition) || errors.Is(err, ErrConditionalUnsupported)
+}
+
+// MarkedPermanent reports whether err (or anything it wraps) was marked
+// with Permanent by a backend or a layer. Unlike IsPermanent it does not
+// count ErrNotFound, ErrCorrupt and ErrExists by themselves: what those
+// mean depends on what the caller did. For a writer that found an object a
+// moment ago, a not-found is a race with another writer (wal-push,
+// retention, a stream shutting down), and looking again is the answer.
+func MarkedPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+// Unwritable says why a filesystem refuses writes in a way that only the
+// operator can fix, without walkeeper's help: "full" (ENOSPC), "over its
+// disk quota" (EDQUOT) or "read-only" (EROFS); "" for any other error.
+// The local backend marks these permanent, since a command run once
+// cannot wait for the fix; a daemon such as the stream waits them out,
+// retrying with backoff until space returns.
+func Unwritable(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, syscall.ENOSPC):
+		return "full"
+	case errors.Is(err, syscall.EDQUOT):
+		return "over its disk quota"
+	case errors.Is(err, syscall.EROFS):
+		return "read-only"
+	}
+	return ""
 }
 
 // IsRetryable reports whether trying the same operation again may succeed:

@@ -220,11 +220,20 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 			return
 		}
 		// Abort even when ctx is cancelled: the upload must not linger.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		_, _ = b.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
-			Bucket: aws.String(b.opts.Bucket), Key: aws.String(k), UploadId: uploadID,
-		})
+		abort := func() {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			_, _ = b.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
+				Bucket: aws.String(b.opts.Bucket), Key: aws.String(k), UploadId: uploadID,
+			})
+		}
+		if ctx.Err() != nil {
+			// The caller gave up (a deadline, a shutdown): do not hold it
+			// for a server that may not answer.
+			go abort()
+			return
+		}
+		abort()
 	}()
 
 	uctx, stop := context.WithCancel(ctx)

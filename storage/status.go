@@ -20,6 +20,13 @@ type StreamStatus struct {
 	Flushed          string    `json:"flushed_lsn"`
 	UpdatedAt        time.Time `json:"updated_at"`
 	Stopped          bool      `json:"stopped,omitempty"`
+	// StorageError is the failure to store WAL the stream is retrying
+	// (a full or read-only repository, an unreachable S3 server), since
+	// StorageErrorSince; empty while storing works. The slot holds the WAL
+	// meanwhile. The heartbeat carries it when the repository still takes
+	// a small object; when it takes none, the heartbeat ages instead.
+	StorageError      string     `json:"storage_error,omitempty"`
+	StorageErrorSince *time.Time `json:"storage_error_since,omitempty"`
 }
 
 // StreamHeartbeat is how often a stream rewrites its status.

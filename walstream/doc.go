@@ -29,6 +29,17 @@
 // A lost connection ends the session; Run waits until everything queued is
 // stored and starts a new session with exponential backoff.
 //
+// # Shutdown
+//
+// When Run's context ends, the shutdown clock starts: one deadline,
+// ShutdownTimeout later, for everything the shutdown waits on (queueing
+// the last partial, the uploader and its retries, the final status update
+// and heartbeat, closing the connection). The uploader and heartbeat run
+// under the clock's context, not Run's, so they keep storing until the
+// deadline and stop at it. WAL not stored by then is named in Run's error;
+// the slot keeps it because the flush position never passed it. Standby
+// status updates are only sent in COPY mode (streamer.copying).
+//
 // # Invariant: the slot never passes what is durable
 //
 // The uploader (uploader.go) stores jobs strictly in LSN order, one at a
@@ -38,6 +49,15 @@
 // releases WAL the repository does not hold. The status update is built here,
 // not with pglogrepl.SendStandbyStatusUpdate, which would replace a zero
 // flush position with the write position.
+//
+// # Storage errors
+//
+// The uploader retries transient errors, and waits out what a command run
+// once stops on (waitOut): a full, over-quota or read-only repository (an
+// outage; the slot holds the WAL meanwhile) and a not-found of an object
+// it had just listed or found (a race with another writer). Only the
+// remaining permanent errors end the stream (giveUp). The failure being
+// retried is published to the heartbeat, status and metrics.
 //
 // # Memory
 //

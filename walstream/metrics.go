@@ -67,7 +67,11 @@ var (
 	descUploadErrors = metricDesc("upload_errors_total",
 		"Failed attempts to store a WAL object (each retry that fails counts again).")
 	descUploadRetries = metricDesc("upload_retries_total",
-		"Failed stores that were retried after a backoff (transient errors); a permanent error ends the stream instead.")
+		"Failed stores that were retried after a backoff (transient errors, a full or read-only repository); a permanent error ends the stream instead.")
+	descStorageFailing = metricDesc("storage_failing_seconds",
+		"Seconds the uploader has been failing to store the WAL at the head of its queue, retrying with backoff (0 while storing works); the slot holds the WAL meanwhile.")
+	descStorageFull = metricDesc("storage_full",
+		"1 while storing WAL fails because the repository's filesystem is full, over its disk quota or read-only (the stream waits and retries), else 0.")
 	descQueue = metricDesc("queue_depth",
 		"Segments, partial snapshots and history files waiting for the uploader, not counting the one being stored.")
 	descQueueCap = metricDesc("queue_capacity",
@@ -86,7 +90,7 @@ func metricDesc(name, help string, labels ...string) *prometheus.Desc {
 
 var allDescs = []*prometheus.Desc{descUp, descInfo, descTimeline, descReceived, descFlushed, descStored,
 	descServerEnd, descLagBytes, descLagSeconds, descPartialAge, descSegments, descPartials, descStoredBytes,
-	descUploadErrors, descUploadRetries, descQueue, descQueueCap, descReconnects}
+	descUploadErrors, descUploadRetries, descStorageFailing, descStorageFull, descQueue, descQueueCap, descReconnects}
 
 // NewMetrics returns the metrics of the stream on slot, in a registry of
 // their own together with the Go runtime and process collectors.
@@ -162,6 +166,12 @@ func (c *streamCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descStoredBytes, up.stats.StoredBytes.Load())
 	counter(descUploadErrors, up.stats.UploadErrors.Load())
 	counter(descUploadRetries, up.stats.UploadRetries.Load())
+	failing := 0.0
+	if since := up.failingSince.Load(); since != 0 {
+		failing = max(now.Sub(time.Unix(0, since)).Seconds(), 0)
+	}
+	gauge(descStorageFailing, failing)
+	gauge(descStorageFull, boolFloat(up.full.Load()))
 	gauge(descQueue, float64(len(up.q)))
 	gauge(descQueueCap, float64(cap(up.q)))
 	counter(descReconnects, s.reconnects.Load())

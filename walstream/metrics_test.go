@@ -1,11 +1,18 @@
 package walstream
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/walkeeper/walkeeper/storage"
 )
 
 func TestLagClock(t *testing.T) {
@@ -79,6 +86,46 @@ func TestMetricsCollect(t *testing.T) {
 	}
 	if !slices.Contains(MetricNames(), "walkeeper_stream_lag_bytes") {
 		t.Errorf("MetricNames = %v", MetricNames())
+	}
+	if got["storage_full"] != 0 || got["storage_failing_seconds"] != 0 {
+		t.Errorf("storing works: storage_full %v, storage_failing_seconds %v", got["storage_full"], got["storage_failing_seconds"])
+	}
+
+	// A full repository: the uploader's failure shows, and goes away.
+	s.up.repo = storage.NewRepository(storage.NewMemory(), storage.CodecZstd)
+	s.up.failed(storage.Permanent(fmt.Errorf("write wal/x: %w", syscall.ENOSPC)), time.Second)
+	s.up.failingSince.Store(time.Now().Add(-time.Minute).UnixNano())
+	got = gathered(t, m)
+	if got["storage_full"] != 1 || got["storage_failing_seconds"] < 60 {
+		t.Errorf("full repository: storage_full %v, storage_failing_seconds %v", got["storage_full"], got["storage_failing_seconds"])
+	}
+	s.up.recovered()
+	got = gathered(t, m)
+	if got["storage_full"] != 0 || got["storage_failing_seconds"] != 0 {
+		t.Errorf("recovered: storage_full %v, storage_failing_seconds %v", got["storage_full"], got["storage_failing_seconds"])
+	}
+}
+
+// TestStorageErrorVerdict: what the stream waits out and what ends it.
+func TestStorageErrorVerdict(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		wait bool // waitOut
+		quit bool // giveUp
+	}{
+		{"no space", storage.Permanent(fmt.Errorf("write: %w", syscall.ENOSPC)), true, false},
+		{"quota", storage.Permanent(fmt.Errorf("write: %w", syscall.EDQUOT)), true, false},
+		{"read-only", storage.Permanent(fmt.Errorf("create: %w", syscall.EROFS)), true, false},
+		{"not found", fmt.Errorf("stat wal/x.partial: %w", storage.ErrNotFound), true, false},
+		{"missing bucket", storage.Permanent(errors.New("bucket does not exist")), false, true},
+		{"permission", storage.Permanent(fmt.Errorf("open: %w", fs.ErrPermission)), false, true},
+		{"corrupt", fmt.Errorf("read: %w", storage.ErrCorrupt), false, true},
+		{"timeout", fmt.Errorf("upload: %w", context.DeadlineExceeded), false, false},
+	} {
+		if w, q := waitOut(tc.err), giveUp(tc.err); w != tc.wait || q != tc.quit {
+			t.Errorf("%s: waitOut %v, giveUp %v; want %v, %v", tc.name, w, q, tc.wait, tc.quit)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,8 +49,10 @@ type Options struct {
 	// ConnectTimeout bounds connecting and each replication command
 	// (default 10s).
 	ConnectTimeout time.Duration
-	// ShutdownTimeout bounds storing queued WAL after the context ends
-	// (default 2 minutes).
+	// ShutdownTimeout bounds the whole shutdown once the context ends
+	// (default 2 minutes): storing the last partial and the queued WAL,
+	// the final status update and heartbeat. WAL not stored by then is
+	// named in Run's error; the slot keeps it.
 	ShutdownTimeout time.Duration
 	Repo            *storage.Repository
 	Log             *slog.Logger
@@ -61,6 +64,11 @@ type Options struct {
 // and returns nil) or until EndPos is stored. Connection failures after the
 // first successful start are retried with exponential backoff; a failure
 // before it is returned, so a misconfiguration surfaces at once.
+//
+// Once ctx ends, Run returns within ShutdownTimeout (plus the time to close
+// the connection to the server, itself bounded by that deadline), whatever
+// storage does; if received WAL could not be stored by then, it returns an
+// error naming it.
 func Run(ctx context.Context, opts Options) error {
 	if err := replication.ValidateSlotName(opts.Slot); err != nil {
 		return replication.Permanent(err)
@@ -88,26 +96,29 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	log := opts.Log.With("slot", opts.Slot)
 
-	// The uploader outlives ctx by ShutdownTimeout so queued WAL is stored.
-	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer upCancel()
+	// The uploader and the heartbeat outlive ctx until the shutdown
+	// deadline, so that queued WAL is stored; the clock starts when ctx
+	// ends (or when the stream ends by itself).
+	clock := newShutdownClock(ctx, opts.ShutdownTimeout)
+	defer clock.stop()
+	stopWatch := context.AfterFunc(ctx, clock.start)
+	defer stopWatch()
 	up := newUploader(opts.Repo, log, opts.QueueSegments)
 	upDone := make(chan struct{})
-	go func() { up.run(upCtx); close(upDone) }()
+	go func() { up.run(clock.ctx); close(upDone) }()
 	stopUploader := func() {
-		t := time.AfterFunc(opts.ShutdownTimeout, upCancel)
+		clock.start()
 		close(up.q)
 		<-upDone
-		t.Stop()
 	}
 
-	s := &streamer{opts: opts, log: log, up: up}
+	s := &streamer{opts: opts, log: log, up: up, clock: clock}
 	if opts.Metrics != nil {
 		opts.Metrics.s.Store(s)
 	}
 	hbDone := make(chan struct{})
 	hbStop := make(chan struct{})
-	go func() { s.heartbeat(upCtx, hbStop); close(hbDone) }()
+	go func() { s.heartbeat(clock.ctx, hbStop); close(hbDone) }()
 	defer func() { close(hbStop); <-hbDone }()
 	backoff := time.Second
 	for {
@@ -126,13 +137,12 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || !errors.Is(err, replication.ErrPermanent)) {
 			stopUploader()
-			if fe := up.fatal(); fe != nil {
-				return fe
-			}
-			log.Info("stream stopped", "flushed", LSN(up.flushed.Load()).String())
-			return nil
+			return s.stopped()
 		}
-		if errors.Is(err, replication.ErrPermanent) || storage.IsPermanent(err) || !s.started {
+		// A storage error to wait out (a full disk, an object another
+		// writer just removed) is retried even before the first start:
+		// it is no misconfiguration.
+		if errors.Is(err, replication.ErrPermanent) || giveUp(err) || (!s.started && !waitOut(err)) {
 			stopUploader()
 			return err
 		}
@@ -140,7 +150,11 @@ func Run(ctx context.Context, opts Options) error {
 			backoff = time.Second // it streamed for a while: a fresh failure
 		}
 		s.reconnects.Add(1)
-		log.Warn("replication connection lost, reconnecting", "error", err, "retry_in", backoff.String())
+		if waitOut(err) {
+			log.Warn("reading the repository failed, starting again", "error", err, "retry_in", backoff.String())
+		} else {
+			log.Warn("replication connection lost, reconnecting", "error", err, "retry_in", backoff.String())
+		}
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
@@ -150,6 +164,88 @@ func Run(ctx context.Context, opts Options) error {
 }
 
 var errEndPos = errors.New("end position reached")
+
+// stopped is Run's result after a shutdown: nil when everything received
+// is stored, else an error naming the WAL that is not (the slot keeps it,
+// since the flush position reported never passed what was stored).
+func (s *streamer) stopped() error {
+	flushed, received := LSN(s.up.flushed.Load()), LSN(s.receivedNow.Load())
+	fe := s.up.fatal()
+	if s.clock.expired() && (received > flushed || fe != nil) {
+		what := "queued WAL was not stored"
+		if received > flushed {
+			what = fmt.Sprintf("WAL from %s to %s (timeline %d) is not stored", flushed, received, s.tliNow.Load())
+		}
+		return fmt.Errorf("the shutdown timeout (%s) passed before storage took everything received: %s; "+
+			"the slot %q keeps it (its flush position was never reported past %s) and the next walkeeper stream stores it",
+			s.opts.ShutdownTimeout, what, s.opts.Slot, flushed)
+	}
+	if fe != nil {
+		return fe
+	}
+	s.log.Info("stream stopped", "flushed", flushed.String())
+	return nil
+}
+
+// errShutdownTimeout ends the shutdown clock's context when the deadline
+// passes.
+var errShutdownTimeout = errors.New("shutdown timeout passed")
+
+// shutdownClock is the one deadline of a shutdown: ShutdownTimeout after
+// the stream's context ends, ctx ends, and with it every wait of the
+// shutdown (queueing the last partial, the uploader's retries, the final
+// status update and heartbeat).
+type shutdownClock struct {
+	timeout time.Duration
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	once    sync.Once
+	at      atomic.Int64 // the deadline in unix nanoseconds; 0 until start
+
+	mu    sync.Mutex
+	timer *time.Timer
+}
+
+func newShutdownClock(parent context.Context, timeout time.Duration) *shutdownClock {
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
+	return &shutdownClock{timeout: timeout, ctx: ctx, cancel: cancel}
+}
+
+// start starts the countdown (once).
+func (c *shutdownClock) start() {
+	c.once.Do(func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.at.Store(time.Now().Add(c.timeout).UnixNano())
+		c.timer = time.AfterFunc(c.timeout, func() { c.cancel(errShutdownTimeout) })
+	})
+}
+
+// stop releases the clock when Run returns.
+func (c *shutdownClock) stop() {
+	c.mu.Lock()
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.mu.Unlock()
+	c.cancel(context.Canceled)
+}
+
+func (c *shutdownClock) expired() bool { return errors.Is(context.Cause(c.ctx), errShutdownTimeout) }
+
+// err is what a wait cut short by the deadline returns.
+func (c *shutdownClock) err() error {
+	return fmt.Errorf("%w (%s)", context.Cause(c.ctx), c.timeout)
+}
+
+// deadline is now+d, or the shutdown deadline when that comes first.
+func (c *shutdownClock) deadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if at := c.at.Load(); at != 0 && at < t.UnixNano() {
+		return time.Unix(0, at)
+	}
+	return t
+}
 
 // heartbeat writes streams/<slot>.json every storage.StreamHeartbeat so
 // backups and status know a stream archives into this repository, and a
@@ -165,6 +261,10 @@ func (s *streamer) heartbeat(ctx context.Context, stop <-chan struct{}) {
 			Slot: s.opts.Slot, Host: host, PID: os.Getpid(), SystemIdentifier: sys,
 			Timeline: s.tliNow.Load(), Received: LSN(s.receivedNow.Load()).String(),
 			Flushed: LSN(s.up.flushed.Load()).String(), UpdatedAt: time.Now().UTC(), Stopped: stopped,
+		}
+		if msg, since, ok := s.up.failing(); ok {
+			since = since.UTC()
+			st.StorageError, st.StorageErrorSince = msg, &since
 		}
 		wctx, cancel := context.WithTimeout(ctx, storage.StreamHeartbeat)
 		defer cancel()
@@ -193,7 +293,12 @@ type streamer struct {
 	opts    Options
 	log     *slog.Logger
 	up      *uploader
+	clock   *shutdownClock
 	started bool // START_REPLICATION succeeded at least once
+	// copying is true while the connection is in COPY mode (between
+	// START_REPLICATION and the end of the copy): the only time a standby
+	// status update may be sent.
+	copying bool
 
 	// For the heartbeat goroutine and metrics.
 	sysID       atomic.Value // string
@@ -218,7 +323,7 @@ type streamer struct {
 func (s *streamer) session(ctx context.Context) (err error) {
 	// Everything queued by an earlier session must be stored before the
 	// start position is read from the repository.
-	if err := s.barrier(ctx); err != nil {
+	if err := s.barrier(); err != nil {
 		return err
 	}
 	conn, err := replication.Connect(ctx, s.opts.DSN, s.opts.ApplicationName, s.opts.ConnectTimeout)
@@ -228,7 +333,8 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	s.conn = conn
 	defer func() {
 		s.connected.Store(false)
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.copying = false
+		cctx, cancel := context.WithDeadline(context.Background(), s.clock.deadline(5*time.Second))
 		conn.Close(cctx)
 		cancel()
 		s.conn = nil
@@ -273,11 +379,13 @@ func (s *streamer) session(ctx context.Context) (err error) {
 		if history, err = archive.ParseHistory(content); err != nil {
 			return fmt.Errorf("the server's %s: %w", name, err)
 		}
-		s.queue(ctx, job{kind: jobHistory, name: name, content: content})
+		if err := s.queue(job{kind: jobHistory, name: name, content: content}); err != nil {
+			return err
+		}
 		// Stored before anything else happens: status and verify judge
 		// the archive along this timeline's path even if streaming
 		// cannot start.
-		if err := s.barrier(ctx); err != nil {
+		if err := s.barrier(); err != nil {
 			return err
 		}
 	}
@@ -338,6 +446,7 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 			return s.explainRemoved(replication.Classify(err, s.opts.Slot), start, tli, pos)
 		}
 		s.started = true
+		s.copying = true
 		s.connected.Store(true)
 		s.tliNow.Store(tli)
 		s.log.Info("streaming", "timeline", tli, "start", pos.String(), "segment_size", s.segSize)
@@ -345,6 +454,7 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 		s.received = pos
 		s.reported = 0
 		next, err := s.receive(ctx)
+		s.copying = false
 		if err != nil {
 			if s.received == pos {
 				err = s.explainRemoved(err, start, tli, pos)
@@ -353,7 +463,9 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 		}
 		// The server ended timeline tli: keep its last segment as .partial,
 		// store the next timeline's history and go on there.
-		s.flushPartial(ctx)
+		if err := s.flushPartial(); err != nil {
+			return err
+		}
 		if err := s.nextTimeline(ctx, next.tli); err != nil {
 			return err
 		}
@@ -383,8 +495,7 @@ func (s *streamer) nextTimeline(ctx context.Context, tli uint32) error {
 	if err != nil {
 		return err
 	}
-	s.queue(ctx, job{kind: jobHistory, name: name, content: content})
-	return nil
+	return s.queue(job{kind: jobHistory, name: name, content: content})
 }
 
 // receive handles the CopyBoth stream until the server ends the timeline
@@ -405,11 +516,13 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 			return startPoint{}, err
 		}
 		if ctx.Err() != nil {
-			return startPoint{}, s.shutdown()
+			return startPoint{}, s.shutdown(ctx)
 		}
 		select {
 		case <-partialC:
-			s.flushPartialAsync(ctx)
+			if err := s.flushPartialAsync(); err != nil {
+				return startPoint{}, err
+			}
 		default:
 		}
 		flushed := LSN(s.up.flushed.Load())
@@ -443,7 +556,7 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 					return startPoint{}, err
 				}
 				s.serverEnd.Store(uint64(xld.ServerWALEnd))
-				if err := s.handleXLogData(ctx, xld); err != nil {
+				if err := s.handleXLogData(xld); err != nil {
 					return startPoint{}, err
 				}
 			case pglogrepl.PrimaryKeepaliveMessageByteID:
@@ -472,7 +585,7 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 
 // handleXLogData appends WAL to the current segment, cutting it at segment
 // boundaries, and queues every complete segment.
-func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) error {
+func (s *streamer) handleXLogData(x pglogrepl.XLogData) error {
 	if x.WALStart != s.received {
 		return fmt.Errorf("server sent WAL at %s, expected %s: restarting the stream", x.WALStart, s.received)
 	}
@@ -494,7 +607,7 @@ func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) err
 			done := s.seg
 			s.seg = newSegment(done.tli, done.end(), s.segSize)
 			s.lastSegment = time.Now()
-			if err := s.queue(ctx, job{kind: jobSegment, seg: done, snap: done.snapshot(done.size), end: done.end()}); err != nil {
+			if err := s.queue(job{kind: jobSegment, seg: done, snap: done.snapshot(done.size), end: done.end()}); err != nil {
 				return err
 			}
 		}
@@ -503,24 +616,35 @@ func (s *streamer) handleXLogData(ctx context.Context, x pglogrepl.XLogData) err
 		s.lag.received(s.received, time.Now())
 	}
 	if s.opts.EndPos != 0 && s.received >= s.opts.EndPos {
-		s.flushPartial(ctx)
+		if err := s.flushPartial(); err != nil {
+			return err
+		}
 		if err := s.sendStatus(false); err != nil {
 			return err
 		}
 		return errEndPos
 	}
 	if s.opts.Synchronous {
-		s.flushPartial(ctx)
+		if err := s.flushPartial(); err != nil {
+			return err
+		}
 		return s.sendStatus(false)
 	}
 	return nil
 }
 
-// queue hands a job to the uploader; while the queue is full it keeps
-// answering the server so the connection survives slow storage.
-func (s *streamer) queue(ctx context.Context, j job) error {
+// queue hands a job to the uploader. While the queue is full it keeps
+// answering the server, so the connection survives slow storage, until
+// the uploader fails or the shutdown deadline passes. The stream's context
+// ending does not stop it: a shutdown still queues what was received.
+func (s *streamer) queue(j job) error {
 	if j.kind == jobPartial {
 		s.up.partialPending.Store(true)
+	}
+	select {
+	case s.up.q <- j:
+		return nil
+	default:
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -532,19 +656,11 @@ func (s *streamer) queue(ctx context.Context, j job) error {
 			if err := s.up.fatal(); err != nil {
 				return err
 			}
-			if s.conn != nil && s.seg != nil {
-				if err := s.sendStatus(false); err != nil {
-					return err
-				}
+			if err := s.sendStatus(false); err != nil {
+				return err
 			}
-		case <-ctx.Done():
-			// Shutting down: the uploader still runs; wait for room.
-			select {
-			case s.up.q <- j:
-				return nil
-			case <-time.After(s.opts.ShutdownTimeout):
-				return fmt.Errorf("storage did not accept queued WAL within %s", s.opts.ShutdownTimeout)
-			}
+		case <-s.clock.ctx.Done():
+			return s.clock.err()
 		}
 	}
 }
@@ -556,56 +672,73 @@ func (s *streamer) queue(ctx context.Context, j job) error {
 // the last interval, partials are skipped: complete segments already keep
 // the repository within about an interval of the server, and compressing
 // the growing segment again and again would only cost CPU under load.
-func (s *streamer) flushPartialAsync(ctx context.Context) {
+func (s *streamer) flushPartialAsync() error {
 	if s.seg == nil || s.seg.size == 0 || s.up.partialPending.Load() ||
 		time.Since(s.lastSegment) < s.opts.PartialInterval {
-		return
+		return nil
 	}
 	s.up.mu.Lock()
 	have := s.up.partialLen[s.seg.name()+".partial"]
 	s.up.mu.Unlock()
 	if s.seg.size <= have {
-		return
+		return nil
 	}
-	s.queue(ctx, job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
+	return s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
 }
 
 // flushPartial queues a snapshot of the current segment and waits until it
 // is stored.
-func (s *streamer) flushPartial(ctx context.Context) {
+func (s *streamer) flushPartial() error {
 	if s.seg != nil && s.seg.size > 0 {
-		s.queue(ctx, job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
+		if err := s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()}); err != nil {
+			return err
+		}
 	}
-	s.barrier(ctx)
+	return s.barrier()
 }
 
-// barrier waits until everything queued so far is stored (or failed).
-func (s *streamer) barrier(ctx context.Context) error {
+// barrier waits until everything queued so far is stored, the uploader
+// fails or the shutdown deadline passes, answering the server meanwhile.
+func (s *streamer) barrier() error {
 	done := make(chan struct{})
-	if err := s.queue(ctx, job{kind: jobBarrier, done: done}); err != nil {
+	if err := s.queue(job{kind: jobBarrier, done: done}); err != nil {
 		return err
 	}
-	select {
-	case <-done:
-	case <-time.After(s.opts.ShutdownTimeout):
-		return fmt.Errorf("storage did not finish queued WAL within %s", s.opts.ShutdownTimeout)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return s.up.fatal()
+		case <-tick.C:
+			if err := s.sendStatus(false); err != nil {
+				return err
+			}
+		case <-s.clock.ctx.Done():
+			return s.clock.err()
+		}
 	}
-	return s.up.fatal()
 }
 
-// shutdown stores the partial segment, reports the final position and ends
-// the copy.
-func (s *streamer) shutdown() error {
-	s.flushPartial(context.Background())
-	if err := s.sendStatus(false); err != nil {
-		return nil // the server is gone; the slot keeps what we did not report
+// shutdown stores the partial segment and reports the final position,
+// both within the shutdown deadline (the clock started when ctx ended).
+// The connection is then closed; the slot keeps whatever was not reported.
+func (s *streamer) shutdown(ctx context.Context) error {
+	err := s.flushPartial()
+	if serr := s.sendStatus(false); serr != nil {
+		s.log.Debug("final status update failed", "error", serr)
 	}
-	return nil
+	if err != nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 func (s *streamer) endOfTimeline() (startPoint, error) {
+	// The copy ends here: no status update may follow on this connection.
+	s.copying = false
 	// pglogrepl reads the reply without a context: bound it with a deadline.
-	s.conn.Conn().SetDeadline(time.Now().Add(s.opts.ConnectTimeout))
+	s.conn.Conn().SetDeadline(s.clock.deadline(s.opts.ConnectTimeout))
 	res, err := pglogrepl.SendStandbyCopyDone(context.Background(), s.conn)
 	s.conn.Conn().SetDeadline(time.Time{})
 	if err != nil {
@@ -618,8 +751,13 @@ func (s *streamer) endOfTimeline() (startPoint, error) {
 }
 
 // sendStatus sends a standby status update: write = received, flush =
-// apply = what the repository durably holds.
+// apply = what the repository durably holds. Outside COPY mode (before
+// START_REPLICATION, after the copy ended) it sends nothing: the server
+// would take the message for a protocol violation.
 func (s *streamer) sendStatus(replyRequested bool) error {
+	if !s.copying || s.conn == nil {
+		return nil
+	}
 	flushed := LSN(s.up.flushed.Load())
 	if flushed > s.received {
 		flushed = s.received
@@ -636,7 +774,7 @@ func (s *streamer) sendStatus(replyRequested bool) error {
 		buf = append(buf, 0)
 	}
 	s.conn.Frontend().Send(&pgproto3.CopyData{Data: buf})
-	s.conn.Conn().SetWriteDeadline(time.Now().Add(s.opts.ConnectTimeout))
+	s.conn.Conn().SetWriteDeadline(s.clock.deadline(s.opts.ConnectTimeout))
 	err := s.conn.Frontend().Flush()
 	s.conn.Conn().SetWriteDeadline(time.Time{})
 	if err != nil {

@@ -53,6 +53,13 @@ type uploader struct {
 	// a resumed stream never replaces it with a shorter one.
 	partialLen map[string]int
 
+	// failure is the failure the uploader is retrying (nil while storing
+	// works), under mu; failingSince (unix nanoseconds, 0: none) and full
+	// mirror it for metrics.
+	failure      *storageFailure
+	failingSince atomic.Int64
+	full         atomic.Bool
+
 	stats Stats
 	// segmentEnd is the end of the newest complete segment stored;
 	// lastStored is when WAL (a partial or a segment) was last stored, in
@@ -68,6 +75,37 @@ type Stats struct {
 	UploadErrors   atomic.Int64
 	UploadRetries  atomic.Int64
 	StoredBytes    atomic.Int64 // as stored: after compression
+}
+
+// storageFailure is a failure to store WAL that the uploader retries.
+type storageFailure struct {
+	since   time.Time
+	err     error
+	reason  string // storage.Unwritable's reason, or ""
+	retries int
+}
+
+// waitOut reports whether a storage error is one the stream waits out,
+// retrying with backoff, although a command run once stops on it:
+//
+//   - the repository's filesystem is full, over its quota or read-only
+//     (storage.Unwritable): an outage the operator fixes; meanwhile the
+//     stream keeps its connection and the slot holds the WAL;
+//   - an object was not found that was listed or found a moment before:
+//     another writer (wal-push, retention, a stream shutting down) removed
+//     or replaced it in between, and the next attempt looks again. The
+//     stream only reads objects it has just listed or found, so a
+//     not-found is never the repository's settled state.
+func waitOut(err error) bool {
+	return storage.Unwritable(err) != "" || (errors.Is(err, storage.ErrNotFound) && !storage.MarkedPermanent(err))
+}
+
+// giveUp reports whether a storage error ends the stream: it is permanent
+// (a repository of another cluster, other content already stored,
+// corruption, no permission, bad credentials, a missing bucket) and not one
+// to wait out.
+func giveUp(err error) bool {
+	return storage.IsPermanent(err) && !waitOut(err)
 }
 
 func newUploader(repo *storage.Repository, log *slog.Logger, queue int) *uploader {
@@ -120,12 +158,12 @@ func (u *uploader) process(ctx context.Context, j job) {
 			break
 		}
 		u.stats.UploadErrors.Add(1)
-		if storage.IsPermanent(err) || ctx.Err() != nil {
+		if giveUp(err) || ctx.Err() != nil {
 			u.setFatal(err)
 			return
 		}
 		u.stats.UploadRetries.Add(1)
-		u.log.Warn("storing WAL failed, retrying", "error", err, "retry_in", backoff.String())
+		u.failed(err, backoff)
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
@@ -134,6 +172,7 @@ func (u *uploader) process(ctx context.Context, j job) {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
+	defer u.recovered()
 	switch j.kind {
 	case jobSegment:
 		u.segmentEnd.Store(uint64(j.end))
@@ -148,6 +187,80 @@ func (u *uploader) process(ctx context.Context, j job) {
 		default:
 		}
 	}
+}
+
+// failed records a failure the uploader retries and logs it: a full,
+// over-quota or read-only repository once, with what to do, when it starts
+// (then at debug level: it can last hours); any other error at every retry.
+func (u *uploader) failed(err error, retryIn time.Duration) {
+	reason := storage.Unwritable(err)
+	now := time.Now()
+	u.mu.Lock()
+	f := u.failure
+	newKind := f == nil || f.reason != reason
+	if f == nil {
+		f = &storageFailure{since: now}
+		u.failure = f
+		u.failingSince.Store(now.UnixNano())
+	}
+	f.err, f.reason = err, reason
+	f.retries++
+	u.mu.Unlock()
+	u.full.Store(reason != "")
+	switch {
+	case reason != "" && newKind:
+		u.log.Error("the repository cannot take WAL: its filesystem is "+reason+"; "+unwritableHint(reason)+
+			". The stream keeps its replication connection and retries, and continues by itself once it can write; "+
+			"meanwhile the primary keeps the WAL in the slot (its pg_wal grows: watch its disk and max_slot_wal_keep_size)",
+			"repository", u.repo.String(), "error", err, "flushed", LSN(u.flushed.Load()).String())
+	case reason != "":
+		u.log.Debug("storing WAL failed, retrying", "error", err, "retry_in", retryIn.String())
+	default:
+		u.log.Warn("storing WAL failed, retrying", "error", err, "retry_in", retryIn.String())
+	}
+}
+
+// unwritableHint says what to do about a storage.Unwritable reason.
+func unwritableHint(reason string) string {
+	switch reason {
+	case "full":
+		return "free space on it or grow it"
+	case "read-only":
+		return "make it writable again (check the disk and the kernel log, then remount it read-write)"
+	}
+	return "raise the quota of the user walkeeper runs as, or free space"
+}
+
+// recovered ends the failure after a successful store.
+func (u *uploader) recovered() {
+	u.mu.Lock()
+	f := u.failure
+	u.failure = nil
+	u.mu.Unlock()
+	if f == nil {
+		return
+	}
+	u.failingSince.Store(0)
+	u.full.Store(false)
+	u.log.Info("storing WAL works again", "failing_for", time.Since(f.since).Round(time.Second).String(),
+		"retries", f.retries, "flushed", LSN(u.flushed.Load()).String())
+}
+
+// failing returns the failure being retried, if any: a one-line
+// description and when it began.
+func (u *uploader) failing() (string, time.Time, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	f := u.failure
+	if f == nil {
+		return "", time.Time{}, false
+	}
+	msg := f.err.Error()
+	if f.reason != "" {
+		msg = fmt.Sprintf("the repository %s is %s (%v): %s; the slot holds the WAL meanwhile",
+			u.repo, f.reason, f.err, unwritableHint(f.reason))
+	}
+	return msg, f.since, true
 }
 
 func (u *uploader) store(ctx context.Context, j job) error {

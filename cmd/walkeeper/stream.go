@@ -46,6 +46,11 @@ var (
 		Name:  "metrics-listen",
 		Usage: "serve Prometheus metrics at http://`ADDR`/metrics (e.g. 127.0.0.1:9187 or :9187); see docs/metrics.md",
 	}
+	shutdownTimeoutFlag = &cli.DurationFlag{
+		Name:  "shutdown-timeout",
+		Value: 2 * time.Minute,
+		Usage: "on SIGINT/SIGTERM, how long the stream may take to store what it received before it exits (1 when that WAL is not stored: the slot keeps it)",
+	}
 	queueSegmentsFlag = &cli.IntFlag{
 		Name:  "queue-segments",
 		Value: 2,
@@ -65,9 +70,12 @@ The slot's flush position only moves once WAL is durable in the repository:
 if walkeeper's host dies, the primary still holds everything not yet stored.
 
 Run it as a daemon (systemd). SIGINT/SIGTERM store the partial segment,
-report the final position and exit 0. Lost connections are retried with
-backoff (1s doubling to 30s); a failure before the first successful start
-exits non-zero at once, so a misconfiguration is seen immediately.
+report the final position and exit 0, all within --shutdown-timeout: if
+storage is down and received WAL cannot be stored by then, the stream exits
+1 naming that WAL (the slot keeps it: the next start stores it). Lost
+connections are retried with backoff (1s doubling to 30s); a failure before
+the first successful start exits non-zero at once, so a misconfiguration is
+seen immediately.
 
 With --metrics-listen ADDR, Prometheus metrics (walkeeper_stream_*: positions,
 lag, segments stored, upload errors, queue depth) are served at /metrics until
@@ -76,7 +84,7 @@ the stream stops.
 Example:
   walkeeper stream --dsn "host=db1 user=walkeeper" --repo s3://bucket/db1 --slot walkeeper`,
 		Flags: []cli.Flag{slotFlag, noCreateSlotFlag, applicationNameFlag, statusIntervalFlag,
-			partialIntervalFlag, synchronousFlag, endposFlag, queueSegmentsFlag, metricsListenFlag},
+			partialIntervalFlag, synchronousFlag, endposFlag, queueSegmentsFlag, shutdownTimeoutFlag, metricsListenFlag},
 		Action: streamAction,
 	})
 }
@@ -99,6 +107,9 @@ func streamAction(c *cli.Context) error {
 	}
 	if c.Duration(statusIntervalFlag.Name) <= 0 {
 		return usagef("--status-interval must be positive")
+	}
+	if c.Duration(shutdownTimeoutFlag.Name) <= 0 {
+		return usagef("--shutdown-timeout must be positive")
 	}
 	if c.Int(queueSegmentsFlag.Name) < 1 {
 		return usagef("--queue-segments must be at least 1")
@@ -134,6 +145,7 @@ func streamAction(c *cli.Context) error {
 		Synchronous:     c.Bool(synchronousFlag.Name),
 		EndPos:          endpos,
 		QueueSegments:   c.Int(queueSegmentsFlag.Name),
+		ShutdownTimeout: c.Duration(shutdownTimeoutFlag.Name),
 		Repo:            repo,
 		Log:             slog.Default(),
 		Metrics:         metrics,

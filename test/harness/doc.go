@@ -70,6 +70,12 @@
 // Gate.Open cut and restore the network path to it (a partition) while the
 // server keeps running.
 //
+// S3Server.Pause and Resume stop and continue the gateway (SIGSTOP): a hung
+// storage service. SmallFilesystem mounts a tmpfs of a given size (as root;
+// a missing dependency otherwise), FillFilesystem fills it to a few bytes
+// and Remount makes it read-only or writable again: a full or read-only
+// local repository.
+//
 // # Process cleanup
 //
 // Long-running children (postmaster, versitygw) are started in their own
