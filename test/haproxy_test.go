@@ -133,6 +133,13 @@ func TestHAProxyReadScaling(t *testing.T) {
 	primary := harness.StartCluster(t, harness.ClusterOptions{Name: "ha-primary"})
 	repoDir := filepath.Join(harness.MakeDir(t, "ha-repo"), "repo")
 	startWalkeeperAsPostgres(t, nil, "stream", "--repo", repoDir, "--dsn", primary.DSN(harness.ReplicationUser), "--slot", "wk")
+	// The stream (as postgres) writes walkeeper.json before it streams; a
+	// backup (as root) that came first would create it root-only, and the
+	// replicas' restore_command could not read the repository (restore
+	// refuses that).
+	waitFor(t, time.Minute, "the stream to start", func() bool {
+		return primary.QueryString(t, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'wk' AND active") == "1"
+	})
 	primary.Exec(t, "CREATE TABLE routed (id int PRIMARY KEY, note text); CREATE TABLE filler (id int, pad text)")
 	runBackup(t, nil, repoDir, primary.DSN(harness.ReplicationUser))
 
