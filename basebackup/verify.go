@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -282,18 +284,27 @@ func firstWALSegment(infos []Info, segSize uint64) (uint64, bool) {
 		if b.Meta == nil {
 			continue
 		}
-		lsn, err := replication.ParseLSN(b.Meta.StartLSN)
-		if b.Meta.WAL == WALInclude {
-			lsn, err = replication.ParseLSN(b.Meta.StopLSN)
-		}
+		seg, err := archiveStart(b.Meta, segSize)
 		if err != nil {
 			return 0, false
 		}
-		if seg := uint64(lsn) / segSize; !found || seg < from {
+		if !found || seg < from {
 			from, found = seg, true
 		}
 	}
 	return from, found
+}
+
+// archiveStart is the first segment recovery from the backup reads from
+// the archive: the one holding its start, or, for a backup that carries its
+// own WAL, the one holding its stop.
+func archiveStart(m *Meta, segSize uint64) (uint64, error) {
+	at := m.StartLSN
+	if m.WAL == WALInclude {
+		at = m.StopLSN
+	}
+	lsn, err := replication.ParseLSN(at)
+	return uint64(lsn) / segSize, err
 }
 
 // checkBackupWAL checks that the WAL the backup needs has no gap along the
@@ -320,10 +331,7 @@ func (v *verifier) checkBackupWAL(ctx context.Context, b Info) error {
 	for _, s := range path {
 		v.chainTLIs[s.TLI] = true
 	}
-	first := uint64(start) / v.seg
-	if m.WAL == WALInclude {
-		first = uint64(stop) / v.seg
-	}
+	first, _ := archiveStart(m, v.seg) // both LSNs parsed above
 	reach, err := v.wal.Target(ctx, v.repo, path)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -386,21 +394,12 @@ func (v *verifier) checkTimelines(only map[uint32]bool) {
 			tails[n.TLI]++
 		}
 	}
-	for _, t := range sortedTimelines(tails) {
+	for _, t := range slices.Sorted(maps.Keys(tails)) {
 		end, from, _ := v.wal.Graph.EndOf(t)
 		v.report.Notes = append(v.report.Notes, fmt.Sprintf("timeline %d: %d WAL objects lie past its end at %s (where timeline %d began): "+
 			"the old primary's WAL after a failover, which no restore to a newer timeline reads; 'walkeeper delete' removes them with the backups that precede them",
 			t, tails[t], end, from))
 	}
-}
-
-func sortedTimelines[V any](m map[uint32]V) []uint32 {
-	out := make([]uint32, 0, len(m))
-	for t := range m {
-		out = append(out, t)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
 }
 
 // readAll reads the scheduled objects in parallel, each streamed to its

@@ -120,13 +120,7 @@ func collectRepository(ctx context.Context, repo *storage.Repository, now time.T
 	if len(needs) == 0 {
 		// No backup: judge the WAL along the newest timeline's path from
 		// the oldest segment stored on it.
-		first, found := uint64(0), false
-		for _, o := range ix.Objects {
-			if k := o.Name.Kind; (k == archive.Segment || k == archive.Partial) && newestPath.Has(o.Name.TLI) &&
-				newestPath.Owner(o.Name.Seg, segSize) == o.Name.TLI && (!found || o.Name.Seg < first) {
-				first, found = o.Name.Seg, true
-			}
-		}
+		first, _ := ix.FirstOn(newestPath, 0)
 		needs = append(needs, need{tli: newestPath[0].TLI, first: first})
 		for _, s := range newestPath {
 			if uint64(s.Begin)/segSize <= first {

@@ -480,7 +480,7 @@ func (s *streamer) stream(ctx context.Context, start startPoint) error {
 // help: the WAL is gone from the server.
 func (s *streamer) explainRemoved(err error, start startPoint, tli uint32, pos LSN) error {
 	if err == nil || start.hole == "" || tli != start.tli || pos != start.lsn ||
-		!strings.Contains(err.Error(), "has already been removed") {
+		!errors.Is(err, replication.ErrWALRemoved) {
 		return err
 	}
 	return replication.Permanentf("the archive lacks WAL of timeline %d from %s (%s) and the server has already removed it: "+

@@ -333,8 +333,7 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 		if err != nil {
 			return err
 		}
-		info, _ := u.repo.Backend().Stat(ctx, base+u.repo.Codec().Ext())
-		u.log.Info("stored WAL segment", "segment", name, "bytes", m.Size, "stored_bytes", info.Size,
+		u.log.Info("stored WAL segment", "segment", name, "bytes", m.Size, "stored_bytes", m.StoredSize,
 			"duration", time.Since(start).Round(time.Millisecond).String())
 	default:
 		return err

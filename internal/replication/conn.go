@@ -29,6 +29,10 @@ func ValidateSlotName(name string) error {
 // cluster.
 var ErrPermanent = errors.New("permanent")
 
+// ErrWALRemoved marks the server's "requested WAL segment ... has already
+// been removed": the WAL asked for is gone from the server.
+var ErrWALRemoved = errors.New("the server already removed WAL that is needed")
+
 type permanent struct{ err error }
 
 func (p permanent) Error() string   { return p.err.Error() }
@@ -177,7 +181,7 @@ func Classify(err error, slot string) error {
 			what, hint := Invalidated(slot, reason)
 			return Permanentf("%s: %s", what, hint)
 		case strings.Contains(pgErr.Message, "has already been removed"):
-			return Permanentf("the server already removed WAL that is needed (%s): the archive has a gap; take a new base backup", pgErr.Message)
+			return Permanent(fmt.Errorf("%w (%s): the archive has a gap; take a new base backup", ErrWALRemoved, pgErr.Message))
 		}
 		return fmt.Errorf("server: %s (SQLSTATE %s)", pgErr.Message, pgErr.Code)
 	}

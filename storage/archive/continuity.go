@@ -48,6 +48,18 @@ func (ix *Index) EndOn(p Path) End {
 	return e
 }
 
+// FirstOn returns the lowest segment at or after from that is stored along
+// p, complete or as a partial, on the timeline that owns it.
+func (ix *Index) FirstOn(p Path, from uint64) (seg uint64, found bool) {
+	for _, o := range ix.Objects {
+		n := o.Name
+		if (n.Kind == Segment || n.Kind == Partial) && n.Seg >= from && ix.onPath(p, n.TLI, n.Seg) && (!found || n.Seg < seg) {
+			seg, found = n.Seg, true
+		}
+	}
+	return seg, found
+}
+
 // Gap is a run of segments missing along a path: First to Last inclusive,
 // each named on the timeline that owns it.
 type Gap struct {

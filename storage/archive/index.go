@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 
 	"github.com/walkeeper/walkeeper/storage"
@@ -60,15 +62,6 @@ func (ix *Index) add(o storage.ObjectInfo) {
 		return
 	}
 	ix.Objects = append(ix.Objects, Object{ObjectInfo: o, File: f, Name: n})
-	i := len(ix.Objects) - 1
-	switch n.Kind {
-	case Segment:
-		ix.segments[segKey{n.TLI, n.Seg}] = i
-	case Partial:
-		ix.partials[segKey{n.TLI, n.Seg}] = i
-	case History:
-		ix.histories[n.TLI] = i
-	}
 }
 
 // Load lists all of wal/ and reads every history file. Verify and
@@ -81,6 +74,7 @@ func Load(ctx context.Context, repo *storage.Repository, segSize uint64) (*Index
 	}); err != nil {
 		return nil, fmt.Errorf("list WAL: %w", err)
 	}
+	ix.reindex()
 	return ix, ix.readHistories(ctx, repo)
 }
 
@@ -96,12 +90,7 @@ func LoadFrom(ctx context.Context, repo *storage.Repository, segSize, from uint6
 	if err != nil {
 		return nil, err
 	}
-	sorted := make([]uint32, 0, len(tlis))
-	for t := range tlis {
-		sorted = append(sorted, t)
-	}
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-	for _, t := range sorted {
+	for _, t := range slices.Sorted(maps.Keys(tlis)) {
 		prefix := storage.WALPrefix + fmt.Sprintf("%08X", t)
 		after := ""
 		if from > 0 {
@@ -154,6 +143,7 @@ func (ix *Index) probeHistories(ctx context.Context, repo *storage.Repository, e
 			tlis[t] = true
 		}
 	}
+	ix.reindex()
 	if err := ix.readHistories(ctx, repo); err != nil {
 		return nil, err
 	}
@@ -180,6 +170,8 @@ func LoadGraph(ctx context.Context, repo *storage.Repository, extra ...uint32) (
 	return ix.Graph, nil
 }
 
+// reindex derives the lookups from Objects (after a listing, and after
+// sorting Objects).
 func (ix *Index) reindex() {
 	clear(ix.segments)
 	clear(ix.partials)
@@ -207,7 +199,7 @@ const maxHistorySize = 16 << 20
 // order, into the graph. A file that cannot be read or parsed goes to
 // HistoryErrors; only a cancelled context stops it.
 func (ix *Index) readHistories(ctx context.Context, repo *storage.Repository) error {
-	for _, t := range sortedKeys(ix.histories) {
+	for _, t := range slices.Sorted(maps.Keys(ix.histories)) {
 		o := ix.Objects[ix.histories[t]]
 		content, err := readSmall(ctx, repo, o.Key)
 		if err != nil {
@@ -255,15 +247,6 @@ func readSmall(ctx context.Context, repo *storage.Repository, key string) ([]byt
 		return nil, err
 	}
 	return data, nil
-}
-
-func sortedKeys[V any](m map[uint32]V) []uint32 {
-	out := make([]uint32, 0, len(m))
-	for t := range m {
-		out = append(out, t)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
 }
 
 // Segment returns the stored complete segment seg of timeline tli.

@@ -25,16 +25,7 @@ func fetched(t *testing.T, repo *storage.Repository, name string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := repo.Open(context.Background(), f.Object.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	data, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
+	return archivetest.ReadKey(t, repo, f.Object.Key)
 }
 
 func TestPushWAL(t *testing.T) {

@@ -38,19 +38,7 @@ func (ix *Index) ContinueAt(p Path, anchor uint64) Continue {
 	if !c.Newest.Found || c.Newest.Seg < anchor {
 		return c
 	}
-	// The first stored segment along p at or after the anchor.
-	first, found := uint64(0), false
-	consider := func(n Name) {
-		if n.Seg >= anchor && ix.onPath(p, n.TLI, n.Seg) && (!found || n.Seg < first) {
-			first, found = n.Seg, true
-		}
-	}
-	for _, i := range ix.segments {
-		consider(ix.Objects[i].Name)
-	}
-	for _, i := range ix.partials {
-		consider(ix.Objects[i].Name)
-	}
+	first, found := ix.FirstOn(p, anchor)
 	if !found {
 		return c
 	}

@@ -91,7 +91,13 @@ func Read(t testing.TB, repo *storage.Repository, name string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := repo.Open(context.Background(), info.Key)
+	return ReadKey(t, repo, info.Key)
+}
+
+// ReadKey reads the stored object key, verified.
+func ReadKey(t testing.TB, repo *storage.Repository, key string) []byte {
+	t.Helper()
+	r, err := repo.Open(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
