@@ -22,8 +22,7 @@ func walNames(keys []string) []string {
 	var out []string
 	for _, k := range keys {
 		if strings.HasPrefix(k, storage.WALPrefix) {
-			base, _, _ := storage.SplitExt(k)
-			out = append(out, strings.TrimPrefix(base, storage.WALPrefix))
+			out = append(out, archive.NameOfKey(k))
 		}
 	}
 	return out

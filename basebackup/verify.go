@@ -211,7 +211,7 @@ func (v *verifier) checkHistories() {
 		}
 	}
 	for _, c := range v.wal.Graph.Conflicts {
-		key := archive.Key(c.File)
+		key := v.wal.Layout.Key(c.File)
 		if o, ok := v.wal.HistoryObject(c.FileTLI); ok {
 			key = o.Key
 		}
@@ -322,7 +322,7 @@ func (v *verifier) checkBackupWAL(ctx context.Context, b Info) error {
 	tli := max(m.Timeline, 1)
 	g := v.wal.Graph
 	if !g.Known(tli) {
-		v.problem(ProblemMissingHistory, archive.Key(archive.HistoryName(tli)), "backup %s is on timeline %d, whose history file is missing or unreadable", b.ID, tli)
+		v.problem(ProblemMissingHistory, archive.HistoryKey(tli), "backup %s is on timeline %d, whose history file is missing or unreadable", b.ID, tli)
 	}
 	path := g.Path(g.NewestFrom(tli, start))
 	if v.chainTLIs == nil {
@@ -357,7 +357,7 @@ func (v *verifier) checkBackupWAL(ctx context.Context, b Info) error {
 				"a restore of backup %s to the latest timeline would replay that abandoned WAL; take a new base backup on timeline %d",
 				gap.Describe(v.seg), path.Last().TLI, path.Last().Begin, b.ID, path.Last().TLI)
 		}
-		v.problem(ProblemMissingWAL, archive.Key(firstName), "%s", detail)
+		v.problem(ProblemMissingWAL, v.wal.Layout.Key(firstName), "%s", detail)
 	}
 	for seg := first; seg <= end; seg++ {
 		t := path.Owner(seg, v.seg)
@@ -387,7 +387,7 @@ func (v *verifier) checkTimelines(only map[uint32]bool) {
 		}
 		if n.TLI > 1 && !v.wal.Graph.Known(n.TLI) {
 			if _, ok := v.wal.HistoryObject(n.TLI); !ok {
-				v.problem(ProblemMissingHistory, archive.Key(archive.HistoryName(n.TLI)), "WAL on timeline %d is stored (%s), but not its history file", n.TLI, f.File)
+				v.problem(ProblemMissingHistory, archive.HistoryKey(n.TLI), "WAL on timeline %d is stored (%s), but not its history file", n.TLI, f.File)
 			}
 		}
 		if end, _, ok := v.wal.Graph.EndOf(n.TLI); ok && n.Seg > uint64(end)/v.seg {

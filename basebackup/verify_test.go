@@ -9,6 +9,7 @@ import (
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/basebackup/backuptest"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 )
 
 func kinds(r *basebackup.VerifyReport) map[string][]string {
@@ -60,11 +61,11 @@ func TestVerifyFindsFaults(t *testing.T) {
 		key    string
 	}{
 		{"missing segment", func(t *testing.T, repo *storage.Repository, ids []string) {
-			repo.Backend().Delete(context.Background(), "wal/00000002000000000000000B.zst")
-		}, basebackup.ProblemMissingWAL, "wal/00000002000000000000000B"},
+			repo.Backend().Delete(context.Background(), archivetest.WALKey("00000002000000000000000B")+".zst")
+		}, basebackup.ProblemMissingWAL, archivetest.WALKey("00000002000000000000000B")},
 		{"flipped WAL byte", func(t *testing.T, repo *storage.Repository, ids []string) {
-			backuptest.FlipByte(t, repo, "wal/000000010000000000000005.zst", 20)
-		}, basebackup.ProblemCorrupt, "wal/000000010000000000000005.zst"},
+			backuptest.FlipByte(t, repo, archivetest.WALKey("000000010000000000000005")+".zst", 20)
+		}, basebackup.ProblemCorrupt, archivetest.WALKey("000000010000000000000005") + ".zst"},
 		{"flipped archive byte", func(t *testing.T, repo *storage.Repository, ids []string) {
 			backuptest.FlipByte(t, repo, "backups/"+ids[1]+"/base.tar.zst", -60)
 		}, basebackup.ProblemCorrupt, "backups/" + ids1 + "/base.tar.zst"},
@@ -80,7 +81,7 @@ func TestVerifyFindsFaults(t *testing.T) {
 		// missing, and timeline 1's segments 6 and 7 do not fill the hole.
 		{"history contradicts segments", func(t *testing.T, repo *storage.Repository, ids []string) {
 			backuptest.Replace(t, repo, "wal/00000002.history.zst", "1\t0/6000000\tno recovery target specified\n")
-		}, basebackup.ProblemMissingWAL, "wal/000000020000000000000006"},
+		}, basebackup.ProblemMissingWAL, archivetest.WALKey("000000020000000000000006")},
 		{"history missing", func(t *testing.T, repo *storage.Repository, ids []string) {
 			repo.Backend().Delete(context.Background(), "wal/00000002.history.zst")
 		}, basebackup.ProblemMissingHistory, "wal/00000002.history"},
@@ -159,7 +160,7 @@ func TestVerifyIncludeModeBackup(t *testing.T) {
 	}
 	backuptest.Segments(t, repo, 1, 5, 6) // the stream started later: 3 and 4 are missing
 	r, err = basebackup.Verify(context.Background(), repo, basebackup.VerifyOptions{})
-	if err != nil || r.OK || kinds(r)[basebackup.ProblemMissingWAL][0] != "wal/000000010000000000000003" ||
+	if err != nil || r.OK || kinds(r)[basebackup.ProblemMissingWAL][0] != archivetest.WALKey("000000010000000000000003") ||
 		!strings.Contains(r.Problems[0].Detail, "2 segments") {
 		t.Fatalf("%v %+v", err, r)
 	}

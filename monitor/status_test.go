@@ -9,7 +9,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/storage"
-	"github.com/walkeeper/walkeeper/storage/archive"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 )
 
 const seg16 = 16 << 20
@@ -57,9 +57,9 @@ func TestCollectStatusRepository(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"000000010000000000000002", "000000010000000000000003", "000000010000000000000005", "00000001.history"} {
-		putObject(t, repo, archive.Key(name), []byte("segment"))
+		putObject(t, repo, archivetest.WALKey(name), []byte("segment"))
 	}
-	putObject(t, repo, archive.Key("000000010000000000000006.partial"), make([]byte, 1000))
+	putObject(t, repo, archivetest.WALKey("000000010000000000000006.partial"), make([]byte, 1000))
 	stop := time.Now().Add(-2 * time.Hour)
 	meta := basebackup.Meta{ID: "20250101T000000Z", StartTime: stop.Add(-time.Minute), StopTime: stop,
 		StartLSN: "0/2000028", StopLSN: "0/3000100", Timeline: 1, WAL: basebackup.WALStream}
@@ -91,9 +91,9 @@ func TestCollectStatusRepository(t *testing.T) {
 	}
 
 	// Later: the WAL too is stale, and the partial has become a segment.
-	putObject(t, repo, archive.Key("000000010000000000000004"), []byte("segment"))
-	putObject(t, repo, archive.Key("000000010000000000000006"), []byte("segment"))
-	repo.Backend().Delete(ctx, archive.Key("000000010000000000000006.partial")+repo.Codec().Ext())
+	putObject(t, repo, archivetest.WALKey("000000010000000000000004"), []byte("segment"))
+	putObject(t, repo, archivetest.WALKey("000000010000000000000006"), []byte("segment"))
+	repo.Backend().Delete(ctx, archivetest.WALKey("000000010000000000000006.partial")+repo.Codec().Ext())
 	rep, err = CollectStatus(ctx, StatusOptions{Repo: repo, MaxWALAge: time.Hour, Now: time.Now().Add(3 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)

@@ -139,10 +139,14 @@ func firstWALFiles(repoDir string, meta *basebackup.Meta) []string {
 		return nil
 	}
 	name := archive.SegmentName(meta.Timeline, uint64(start)/meta.WALSegmentSize, meta.WALSegmentSize)
-	base := filepath.Join(repoDir, filepath.FromSlash(archive.Key(name)))
-	files, _ := filepath.Glob(base + ".*") // any codec's extension
-	if _, err := os.Stat(base); err == nil {
-		files = append(files, base) // --compression none
+	var files []string
+	for _, format := range []int{1, storage.FormatVersion} { // where either layout keeps it
+		base := filepath.Join(repoDir, filepath.FromSlash(archive.LayoutFor(format).Key(name)))
+		found, _ := filepath.Glob(base + ".*") // any codec's extension
+		files = append(files, found...)
+		if _, err := os.Stat(base); err == nil {
+			files = append(files, base) // --compression none
+		}
 	}
 	return files
 }

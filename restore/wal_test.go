@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/walkeeper/walkeeper/storage"
-	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 )
 
@@ -278,7 +277,7 @@ func TestPrefetchSpool(t *testing.T) {
 	}
 
 	// wal-fetch takes segment 5 from the spool and drops 4 and 5.
-	mem.Delete(ctx, archive.Key("000000010000000000000005")+".zst") // proves the spool was used
+	mem.Delete(ctx, archivetest.WALKey("000000010000000000000005")+".zst") // proves the spool was used
 	res, err := FetchWAL(ctx, repo, "000000010000000000000005", dest, FetchOptions{Spool: spool})
 	if err != nil || !res.FromSpool || !res.CompleteSegment() {
 		t.Fatalf("%+v, %v", res, err)
@@ -307,7 +306,7 @@ func TestPrefetchSpool(t *testing.T) {
 		t.Fatalf("spool still there: %v", walTestDirNames(t, spool))
 	}
 	// Prefetch stops at a corrupt segment with an error and leaves nothing.
-	key := archive.Key("000000010000000000000004") + ".zst"
+	key := archivetest.WALKey("000000010000000000000004") + ".zst"
 	info, _ := mem.Stat(ctx, key)
 	mem.Corrupt(key, int(info.Size/2))
 	if _, err := Prefetch(ctx, repo, PrefetchOptions{After: "000000010000000000000003", Count: 1, Spool: spool}); !errors.Is(err, storage.ErrCorrupt) {

@@ -2,11 +2,13 @@ package storage
 
 import "strings"
 
-// The repository layout, defined here and nowhere else (format version 1):
+// The repository layout, defined here and nowhere else (format version 2):
 //
 //	walkeeper.json                         repository identity (plain JSON)
-//	wal/<TTTTTTTTXXXXXXXXYYYYYYYY><ext>    a complete WAL segment
-//	wal/<TTTTTTTTXXXXXXXXYYYYYYYY>.partial<ext>
+//	wal/<TTTTTTTTXXXXXXXX>/<TTTTTTTTXXXXXXXXYYYYYYYY><ext>
+//	                                       a complete WAL segment, in its group
+//	                                       (format 1: directly under wal/)
+//	wal/<TTTTTTTTXXXXXXXX>/<TTTTTTTTXXXXXXXXYYYYYYYY>.partial<ext>
 //	                                       the newest, unfinished segment
 //	wal/<TTTTTTTT>.history<ext>            a timeline history file
 //	backups/<ID>/...                       one base backup; started.json first
@@ -17,9 +19,10 @@ import "strings"
 //	streams/<slot>.json                    heartbeat of a running stream
 //
 // <ext> is the codec's extension (".zst", ".lz4", ".gz", ".s2", or nothing
-// for none); the object header is what readers trust. The names under wal/
-// are the archive package's (storage/archive): it is the only code that
-// parses them.
+// for none); the object header is what readers trust. The keys under wal/
+// are the archive package's (storage/archive, layout.go): it is the only
+// code that makes or parses them, in the layout of the repository's
+// format version (Repository.Format).
 const (
 	ConfigKey     = "walkeeper.json"
 	WALPrefix     = "wal/"
@@ -34,9 +37,10 @@ func StreamStatusKey(slot string) string { return StreamsPrefix + slot + ".json"
 // BackupMetaKey is the key of a backup's backup.json, its commit marker.
 func BackupMetaKey(id string) string { return BackupsPrefix + id + "/backup.json" }
 
-// FormatVersion is the repository format this walkeeper writes and the
-// newest it can read.
-const FormatVersion = 1
+// FormatVersion is the repository format this walkeeper creates and the
+// newest it can read; it reads and writes every older one in its own
+// layout.
+const FormatVersion = 2
 
 // BackupKey is the key (without codec extension) of a file of backup id.
 func BackupKey(id, name string) string { return BackupsPrefix + id + "/" + name }

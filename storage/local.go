@@ -79,6 +79,13 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(dir, "."+filepath.Base(p)+".tmp-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrNotExist) {
+		// DeleteMany removed the directory, empty, after mkdirs saw it.
+		if err := l.mkdirs(dir); err != nil {
+			return classify(fmt.Errorf("create directory for %s: %w", key, err))
+		}
+		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	}
 	if err != nil {
 		return classify(fmt.Errorf("create %s: %w", tmp, err))
 	}
@@ -437,7 +444,30 @@ func (l *Local) DeleteMany(ctx context.Context, keys []string) error {
 			return classify(err)
 		}
 	}
+	// Directories left empty (a group of WAL segments, a deleted backup's)
+	// go too, so that listings do not read them forever. A writer racing
+	// with this retries (Put). The top-level directories stay.
+	for d := range dirs {
+		l.removeEmpty(d)
+	}
 	return nil
+}
+
+// removeEmpty removes dir and then its parents while they are empty and
+// below a top-level directory of the repository (wal/, backups/, ...).
+func (l *Local) removeEmpty(dir string) {
+	for {
+		rel, err := filepath.Rel(l.root, dir)
+		if err != nil || rel == "." || !strings.ContainsRune(rel, filepath.Separator) {
+			return
+		}
+		if err := os.Remove(dir); err != nil {
+			return // not empty (ENOTEMPTY, EEXIST), or gone
+		}
+		parent := filepath.Dir(dir)
+		_ = syncDir(parent)
+		dir = parent
+	}
 }
 
 // Delete removes the file and fsyncs its directory.

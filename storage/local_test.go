@@ -55,3 +55,43 @@ func TestLocalPermissionsAndNoTempFiles(t *testing.T) {
 		t.Error("relative repository path accepted")
 	}
 }
+
+// TestLocalDeleteManyRemovesEmptiedDirectories: deleting the last objects
+// of a group of WAL segments (or of a backup) removes its directory, so
+// listings stop reading it; a directory still holding objects, and the
+// top-level directories, stay; a later Put recreates the directory.
+func TestLocalDeleteManyRemovesEmptiedDirectories(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := storage.NewLocal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"wal/0000000100000000/a", "wal/0000000100000000/b", "wal/0000000100000001/c", "backups/X/deep/f"} {
+		if err := b.Put(ctx, k, bytes.NewReader([]byte("data"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.DeleteMany(ctx, []string{"wal/0000000100000000/a", "wal/0000000100000000/b", "wal/0000000100000001/c", "backups/X/deep/f"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{"wal/0000000100000000", "wal/0000000100000001", "backups/X"} {
+		if _, err := os.Stat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
+			t.Errorf("%s: still there after its last object was deleted (%v)", gone, err)
+		}
+	}
+	for _, kept := range []string{"wal", "backups"} {
+		if _, err := os.Stat(filepath.Join(dir, kept)); err != nil {
+			t.Errorf("top-level directory %s removed: %v", kept, err)
+		}
+	}
+	if err := b.Put(ctx, "wal/0000000100000000/d", bytes.NewReader([]byte("data"))); err != nil {
+		t.Fatalf("Put after its directory was removed: %v", err)
+	}
+	if err := b.DeleteMany(ctx, []string{"wal/0000000100000001/none"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "wal/0000000100000000/d")); err != nil {
+		t.Error(err)
+	}
+}

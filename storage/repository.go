@@ -9,6 +9,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +21,10 @@ type Repository struct {
 
 	lockMu   sync.Mutex
 	lockMode lockMode // how locks work on b; 0 until the first Lock finds out
+
+	// format is the format_version of walkeeper.json once read or created
+	// (0 before): a repository's format never changes.
+	format atomic.Int64
 }
 
 // NewRepository wraps b; new objects are compressed with codec.
@@ -222,7 +227,29 @@ func (r *Repository) Config(ctx context.Context) (*Config, error) {
 		return nil, Permanent(fmt.Errorf("%w: repository %s has format %d, newer than this walkeeper supports (%d): upgrade walkeeper",
 			ErrWrongCluster, r.b, c.FormatVersion, FormatVersion))
 	}
+	if c.FormatVersion < 1 {
+		return nil, Permanent(fmt.Errorf("%s in %s: %w: format_version %d", ConfigKey, r.b, ErrCorrupt, c.FormatVersion))
+	}
+	r.format.Store(int64(c.FormatVersion))
 	return &c, nil
+}
+
+// Format is the repository's format version (walkeeper.json's
+// format_version), read once and then remembered. A repository without
+// walkeeper.json yet is of the format this walkeeper creates: it holds
+// nothing to read in another.
+func (r *Repository) Format(ctx context.Context) (int, error) {
+	if f := r.format.Load(); f != 0 {
+		return int(f), nil
+	}
+	c, err := r.Config(ctx)
+	if errors.Is(err, ErrNotFound) {
+		return FormatVersion, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return c.FormatVersion, nil
 }
 
 // Init makes sure the repository belongs to the cluster described by want
@@ -243,6 +270,7 @@ func (r *Repository) Init(ctx context.Context, want Config) (*Config, error) {
 		if err := r.b.Put(ctx, ConfigKey, bytes.NewReader(append(data, '\n'))); err != nil {
 			return nil, fmt.Errorf("create %s: %w", ConfigKey, err)
 		}
+		r.format.Store(int64(want.FormatVersion))
 		return &want, nil
 	}
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/storage/archive"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -259,15 +260,8 @@ func buildArchives(b *testing.B, bin string) *archives {
 	for _, be := range a.backends {
 		var segs []string
 		var part string
-		entries, err := os.ReadDir(filepath.Join(be.dirs[0], "wal"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), ".") {
-				continue
-			}
-			base, codec, _ := storage.SplitExt(e.Name())
+		for _, file := range walFiles(b, be.dirs[0]) {
+			base, codec, _ := storage.SplitExt(file)
 			switch archive.KindOf(base) {
 			case archive.Segment:
 				segs = append(segs, base)
@@ -338,7 +332,7 @@ func (a *archives) padNames(tb testing.TB, n int) []string {
 	}
 	names := make([]string, n)
 	for i := range names {
-		names[i] = archive.Key(archive.SegmentName(1, first-1-uint64(i), a.segSize)) + a.codec.Ext()
+		names[i] = archivetest.WALKey(archive.SegmentName(1, first-1-uint64(i), a.segSize)) + a.codec.Ext()
 	}
 	return names
 }
@@ -347,7 +341,7 @@ func (a *archives) padNames(tb testing.TB, n int) []string {
 func paddingObject(tb testing.TB, codec storage.Codec, segSize int) []byte {
 	ctx := context.Background()
 	mem := storage.NewMemory()
-	w, err := storage.NewRepository(mem, codec).Create(ctx, archive.Key("000000010000000000000001"))
+	w, err := storage.NewRepository(mem, codec).Create(ctx, archivetest.WALKey("000000010000000000000001"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -357,7 +351,7 @@ func paddingObject(tb testing.TB, codec storage.Codec, segSize int) []byte {
 	if _, err := w.Close(); err != nil {
 		tb.Fatal(err)
 	}
-	rc, err := mem.Get(ctx, archive.Key("000000010000000000000001")+codec.Ext(), 0, -1)
+	rc, err := mem.Get(ctx, archivetest.WALKey("000000010000000000000001")+codec.Ext(), 0, -1)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -373,8 +367,31 @@ func paddingObject(tb testing.TB, codec storage.Codec, segSize int) []byte {
 // in dir, as the local backend stores objects (mode 0600).
 func padFiles(tb testing.TB, dir string, names []string, data []byte) {
 	parallelFiles(tb, names, func(name string) error {
-		return os.WriteFile(filepath.Join(dir, filepath.FromSlash(name)), data, 0o600)
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		return os.WriteFile(p, data, 0o600)
 	})
+}
+
+// walFiles returns the names of the files under dir's wal/, in any
+// layout (a group directory's files by their own name).
+func walFiles(tb testing.TB, dir string) []string {
+	var out []string
+	err := filepath.WalkDir(filepath.Join(dir, "wal"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && !strings.HasPrefix(d.Name(), ".") {
+			out = append(out, d.Name())
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return out
 }
 
 // padFilesLike copies the file of key model in dir, with its mode and
@@ -393,8 +410,32 @@ func padFilesLike(tb testing.TB, dir, model string, names []string) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	// Group directories as versitygw makes them: like the model's.
+	dirSt, err := os.Stat(filepath.Dir(src))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dirAttrs, err := listXattrs(filepath.Dir(src))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var dirsMu sync.Mutex
+	made := map[string]bool{filepath.Dir(src): true}
 	parallelFiles(tb, names, func(name string) error {
 		p := filepath.Join(dir, filepath.FromSlash(name))
+		dirsMu.Lock()
+		if parent := filepath.Dir(p); !made[parent] {
+			if err := os.Mkdir(parent, dirSt.Mode().Perm()); err != nil && !os.IsExist(err) {
+				dirsMu.Unlock()
+				return err
+			}
+			if err := setXattrs(parent, dirAttrs); err != nil {
+				dirsMu.Unlock()
+				return err
+			}
+			made[parent] = true
+		}
+		dirsMu.Unlock()
 		if err := os.WriteFile(p, data, st.Mode().Perm()); err != nil {
 			return err
 		}
@@ -518,17 +559,8 @@ func setXattrs(path string, attrs map[string][]byte) error {
 // gap. status lists only the WAL from the oldest backup on, so its segment
 // count leaves the older padding out.
 func checkPadded(b *testing.B, bin string, be *archiveBackend, url, dir string, want int) {
-	f, err := os.Open(filepath.Join(dir, "wal"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		b.Fatal(err)
-	}
 	stored := 0
-	for _, n := range names {
+	for _, n := range walFiles(b, dir) {
 		if base, _, _ := storage.SplitExt(n); archive.KindOf(base) == archive.Segment {
 			stored++
 		}
@@ -596,7 +628,7 @@ func (a *archives) operations() []archiveOp {
 			key: "wal-push", name: "wal-push (new segment)", okCodes: []int{0},
 			args: func(url, _ string) []string { return []string{"wal-push", "--repo", url, a.pushPath} },
 			after: func(tb testing.TB, be *archiveBackend, i int, _ string) {
-				key := archive.Key(a.pushName) + a.codec.Ext()
+				key := archivetest.WALKey(a.pushName) + a.codec.Ext()
 				if _, err := os.Stat(filepath.Join(be.dirs[i], filepath.FromSlash(key))); err != nil {
 					tb.Fatalf("wal-push stored nothing: %v", err)
 				}

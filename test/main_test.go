@@ -268,8 +268,7 @@ func walObjects(t *testing.T, repo *storage.Repository) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	err := repo.Backend().List(context.Background(), storage.WALPrefix, func(o storage.ObjectInfo) error {
-		base, _, _ := storage.SplitExt(o.Key)
-		out[strings.TrimPrefix(base, storage.WALPrefix)] = o.Key
+		out[archive.NameOfKey(o.Key)] = o.Key
 		return nil
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/basebackup/backuptest"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 )
 
 // TestDeleteFabricatedHistory runs `walkeeper delete` over a fabricated
@@ -60,8 +61,7 @@ func TestDeleteFabricatedHistory(t *testing.T) {
 			}
 			var want []string
 			for _, k := range before {
-				base, _, _ := storage.SplitExt(k)
-				name := strings.TrimPrefix(base, storage.WALPrefix)
+				name := archive.NameOfKey(k)
 				switch {
 				case strings.HasPrefix(k, storage.BackupsPrefix+ids[0]+"/"), strings.HasPrefix(k, storage.BackupsPrefix+ids[1]+"/"):
 				case strings.HasPrefix(k, storage.WALPrefix) && !strings.HasSuffix(name, ".history") && name[:24] < "00000002000000000000000A" && name[8:24] < "000000000000000A":

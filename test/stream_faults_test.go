@@ -28,8 +28,7 @@ import (
 func repoEnd(ctx context.Context, repo *storage.Repository) (uint64, error) {
 	var end uint64
 	err := repo.Backend().List(ctx, storage.WALPrefix, func(o storage.ObjectInfo) error {
-		base, _, _ := storage.SplitExt(o.Key)
-		name := strings.TrimPrefix(base, storage.WALPrefix)
+		name := archive.NameOfKey(o.Key)
 		seg := strings.TrimSuffix(name, ".partial")
 		n, err := archive.ParseName(seg, segSize)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/storage/archive"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -293,8 +294,8 @@ func TestUncleanFailoverServerRecycledWAL(t *testing.T) {
 	if code != 5 || !strings.Contains(stdout+stderr, switchSeg) {
 		t.Errorf("status: exit %d, want 5 and a report naming %s:\n%s%s", code, switchSeg, stdout, stderr)
 	}
-	if r := runVerify(t, target, 5); !hasProblem(r, "missing-wal", archive.Key(switchSeg)) {
-		t.Errorf("verify: want a missing-wal problem at %s, got %+v", archive.Key(switchSeg), r.Problems)
+	if r := runVerify(t, target, 5); !hasProblem(r, "missing-wal", archivetest.WALKey(switchSeg)) {
+		t.Errorf("verify: want a missing-wal problem at %s, got %+v", archivetest.WALKey(switchSeg), r.Problems)
 	}
 }
 

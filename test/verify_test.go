@@ -14,6 +14,7 @@ import (
 	"github.com/walkeeper/walkeeper/basebackup/backuptest"
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/storage/archive"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -65,12 +66,12 @@ func TestVerifyFindsInjectedFaults(t *testing.T) {
 				inject   func(key string)
 				kind, at string
 			}{
-				{"missing segment", "wal/00000002000000000000000B" + ext,
+				{"missing segment", archivetest.WALKey("00000002000000000000000B") + ext,
 					func(k string) { repo.Backend().Delete(ctx, k) },
-					basebackup.ProblemMissingWAL, "wal/00000002000000000000000B"},
-				{"flipped WAL byte", "wal/000000010000000000000004" + ext,
+					basebackup.ProblemMissingWAL, archivetest.WALKey("00000002000000000000000B")},
+				{"flipped WAL byte", archivetest.WALKey("000000010000000000000004") + ext,
 					func(k string) { backuptest.FlipByte(t, repo, k, 20) },
-					basebackup.ProblemCorrupt, "wal/000000010000000000000004" + ext},
+					basebackup.ProblemCorrupt, archivetest.WALKey("000000010000000000000004") + ext},
 				{"flipped archive byte", storage.BackupKey(ids[2], "base.tar") + ext,
 					func(k string) { backuptest.FlipByte(t, repo, k, -60) },
 					basebackup.ProblemCorrupt, storage.BackupKey(ids[2], "base.tar") + ext},
@@ -79,7 +80,7 @@ func TestVerifyFindsInjectedFaults(t *testing.T) {
 					basebackup.ProblemIncomplete, storage.BackupsPrefix + ids[1] + "/"},
 				{"history contradicts segments", "wal/00000002.history" + ext,
 					func(k string) { backuptest.Replace(t, repo, k, "1\t0/6000000\tno recovery target specified\n") },
-					basebackup.ProblemMissingWAL, "wal/000000020000000000000006"},
+					basebackup.ProblemMissingWAL, archivetest.WALKey("000000020000000000000006")},
 			} {
 				saved := rawObject(t, repo, f.key)
 				f.inject(f.key)

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
-	"github.com/walkeeper/walkeeper/storage/archive"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -201,7 +201,7 @@ func TestWALFetchAndPush(t *testing.T) {
 					t.Fatalf("wal-push %s: exit %d: %s", segs[1], code, stderr)
 				}
 			}
-			if info, err := repo.Find(ctx, archive.Key(segs[1])); err != nil || !bytes.Equal(readObject(t, repo, info.Key), seg1) {
+			if info, err := repo.Find(ctx, archivetest.WALKey(segs[1])); err != nil || !bytes.Equal(readObject(t, repo, info.Key), seg1) {
 				t.Fatalf("pushed %s not stored as it was: %v", segs[1], err)
 			}
 			// Different content under a stored name: exit 1, object unchanged.
@@ -310,13 +310,13 @@ func BenchmarkReplayWithPrefetch(b *testing.B) {
 		b.Fatal(err)
 	}
 	waitForTB(b, 5*time.Minute, "the stream to store "+last, func() bool {
-		_, err := direct.Find(context.Background(), archive.Key(last))
+		_, err := direct.Find(context.Background(), archivetest.WALKey(last))
 		return err == nil
 	})
 	endLSN := lsnOfTB(b, c.QueryString(b, "SELECT pg_current_wal_flush_lsn()::text"))
 	partial := c.QueryString(b, "SELECT pg_walfile_name(pg_current_wal_flush_lsn())") + ".partial"
 	waitForTB(b, time.Minute, "the stream to store "+partial, func() bool {
-		info, err := direct.Find(context.Background(), archive.Key(partial))
+		info, err := direct.Find(context.Background(), archivetest.WALKey(partial))
 		if err != nil {
 			return false
 		}

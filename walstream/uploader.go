@@ -276,7 +276,11 @@ func (u *uploader) store(ctx context.Context, j job) error {
 		if j.snap.n <= have {
 			return nil // the stored partial already holds these bytes
 		}
-		if _, err := u.write(ctx, archive.Key(name), j.snap.reader()); err != nil {
+		key, err := archive.Key(ctx, u.repo, name)
+		if err != nil {
+			return err
+		}
+		if _, err := u.write(ctx, key, j.snap.reader()); err != nil {
 			return err
 		}
 		u.mu.Lock()
@@ -314,7 +318,10 @@ func (u *uploader) write(ctx context.Context, base string, r io.Reader) (storage
 // overwritten). Then the segment's .partial objects are removed.
 func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot) error {
 	name := seg.name()
-	base := archive.Key(name)
+	base, err := archive.Key(ctx, u.repo, name)
+	if err != nil {
+		return err
+	}
 	existing, err := archive.Find(ctx, u.repo, name)
 	switch {
 	case err == nil:
@@ -352,7 +359,10 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 
 // storeHistory stores a timeline history file unless the same one is there.
 func (u *uploader) storeHistory(ctx context.Context, name string, content []byte) error {
-	base := archive.Key(name)
+	base, err := archive.Key(ctx, u.repo, name)
+	if err != nil {
+		return err
+	}
 	existing, err := archive.Find(ctx, u.repo, name)
 	if err == nil {
 		same, err := u.repo.SameContent(ctx, existing.Key, bytes.NewReader(content))

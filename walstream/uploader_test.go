@@ -12,6 +12,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/storage/archive"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 )
 
 // vanishing deletes one object and reports it missing the first time it
@@ -61,7 +62,7 @@ func TestUploaderSurvivesVanishedObject(t *testing.T) {
 				content, _ = io.ReadAll(seg.snapshot(seg.size).reader())
 			}
 			// Already stored (by wal-push, say) ...
-			w, err := repo.Create(ctx, archive.Key(tc.file))
+			w, err := repo.Create(ctx, archivetest.WALKey(tc.file))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -70,7 +71,7 @@ func TestUploaderSurvivesVanishedObject(t *testing.T) {
 				t.Fatal(err)
 			}
 			// ... and gone when the uploader reads it.
-			key := archive.Key(tc.file) + repo.Codec().Ext()
+			key := archivetest.WALKey(tc.file) + repo.Codec().Ext()
 			racy := storage.NewRepository(&vanishing{Backend: mem, key: key}, storage.CodecZstd)
 			u := newUploader(racy, slog.Default(), 2)
 			u.process(ctx, tc.job)

@@ -48,7 +48,11 @@ func WAL(t testing.TB, repo *storage.Repository, name, content string) string {
 	if content == "" {
 		content = "wal " + name
 	}
-	key, _ := Put(t, repo, archive.Key(name), []byte(content))
+	base, err := archive.Key(context.Background(), repo, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := Put(t, repo, base, []byte(content))
 	return key
 }
 

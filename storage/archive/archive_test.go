@@ -9,6 +9,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/storage/archive"
+	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 )
 
 const segSize = 16 << 20
@@ -20,7 +21,7 @@ func newRepo(t *testing.T) *storage.Repository {
 
 func put(t *testing.T, repo *storage.Repository, file, content string) {
 	t.Helper()
-	w, err := repo.Create(context.Background(), archive.Key(file))
+	w, err := repo.Create(context.Background(), archivetest.WALKey(file))
 	if err != nil {
 		t.Fatal(err)
 	}

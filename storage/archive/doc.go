@@ -9,8 +9,11 @@
 // (timeline, then the segment number split at 4 GB), its unfinished prefix
 // "<segment>.partial", a timeline history file "TTTTTTTT.history" and a
 // backup history file "<segment>.OOOOOOOO.backup". ParseName and Name.File
-// are a matched pair; stored keys are "wal/" + name + the codec's
-// extension (Key, NameOfKey).
+// are a matched pair. Where a name is stored is the repository's Layout
+// (its format version): "wal/" + name in format 1, "wal/" + the first 16
+// digits + "/" + name for segments, partials and backup history files in
+// format 2 (history files stay at the top), then the codec's extension
+// (Layout.Key, NameOfKey, which reads either).
 //
 // # Timelines
 //

@@ -33,6 +33,10 @@ type segKey struct {
 // to answer.
 type Index struct {
 	SegSize uint64
+	// Layout is the repository's: an object whose key is not where this
+	// layout keeps its name is a stray (Kind Other), since no lookup would
+	// find it.
+	Layout Layout
 	// From is the lowest segment number listed (0: everything).
 	From uint64
 	// Objects is every listed object, in key order.
@@ -47,15 +51,15 @@ type Index struct {
 	HistoryErrors map[string]error
 }
 
-func newIndex(segSize, from uint64) *Index {
-	return &Index{SegSize: segSize, From: from, segments: map[segKey]int{}, partials: map[segKey]int{},
+func newIndex(l Layout, segSize, from uint64) *Index {
+	return &Index{Layout: l, SegSize: segSize, From: from, segments: map[segKey]int{}, partials: map[segKey]int{},
 		histories: map[uint32]int{}, Graph: NewGraph(), HistoryErrors: map[string]error{}}
 }
 
 func (ix *Index) add(o storage.ObjectInfo) {
 	f := NameOfKey(o.Key)
 	n, err := ParseName(f, ix.SegSize)
-	if err != nil {
+	if base, _, _ := storage.SplitExt(o.Key); err != nil || ix.Layout.Key(f) != base {
 		n = Name{Kind: Other}
 	}
 	if n.Kind != History && n.Kind != Other && n.Seg < ix.From {
@@ -67,7 +71,11 @@ func (ix *Index) add(o storage.ObjectInfo) {
 // Load lists all of wal/ and reads every history file. Verify and
 // retention use it: they judge the whole archive.
 func Load(ctx context.Context, repo *storage.Repository, segSize uint64) (*Index, error) {
-	ix := newIndex(segSize, 0)
+	l, err := LayoutOf(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	ix := newIndex(l, segSize, 0)
 	if err := repo.Backend().List(ctx, storage.WALPrefix, func(o storage.ObjectInfo) error {
 		ix.add(o)
 		return nil
@@ -85,7 +93,11 @@ func Load(ctx context.Context, repo *storage.Repository, segSize uint64) (*Index
 // those of extra timelines, such as a server's), and lists each timeline's
 // WAL starting at segment from.
 func LoadFrom(ctx context.Context, repo *storage.Repository, segSize, from uint64, extra ...uint32) (*Index, error) {
-	ix := newIndex(segSize, from)
+	l, err := LayoutOf(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	ix := newIndex(l, segSize, from)
 	tlis, err := ix.probeHistories(ctx, repo, extra)
 	if err != nil {
 		return nil, err
@@ -96,7 +108,7 @@ func LoadFrom(ctx context.Context, repo *storage.Repository, segSize, from uint6
 		if from > 0 {
 			// Just after every key of segment from-1 ('~' sorts after
 			// ".partial" and the codec extensions).
-			after = Key(SegmentName(t, from-1, segSize)) + "~"
+			after = l.Key(SegmentName(t, from-1, segSize)) + "~"
 		}
 		if err := repo.Backend().ListFrom(ctx, prefix, after, func(o storage.ObjectInfo) error {
 			if n := NameOfKey(o.Key); KindOf(n) != History {
@@ -118,7 +130,7 @@ func LoadFrom(ctx context.Context, repo *storage.Repository, segSize, from uint6
 func (ix *Index) probeHistories(ctx context.Context, repo *storage.Repository, extra []uint32) (map[uint32]bool, error) {
 	tlis := map[uint32]bool{1: true}
 	probe := func(t uint32) error {
-		info, err := repo.Find(ctx, Key(HistoryName(t)))
+		info, err := repo.Find(ctx, HistoryKey(t))
 		if err != nil {
 			return err
 		}
@@ -160,7 +172,7 @@ func (ix *Index) probeHistories(ctx context.Context, repo *storage.Repository, e
 // probing as LoadFrom does, without listing any segment. History files that
 // cannot be read or parsed are an error naming them.
 func LoadGraph(ctx context.Context, repo *storage.Repository, extra ...uint32) (*Graph, error) {
-	ix := newIndex(0, 0)
+	ix := newIndex(Layout{}, 0, 0)
 	if _, err := ix.probeHistories(ctx, repo, extra); err != nil {
 		return nil, err
 	}

@@ -15,7 +15,11 @@ import (
 // Find returns the stored object of the WAL file name (whatever its
 // codec), or an error matching storage.ErrNotFound.
 func Find(ctx context.Context, repo *storage.Repository, file string) (storage.ObjectInfo, error) {
-	return repo.Find(ctx, Key(file))
+	key, err := Key(ctx, repo, file)
+	if err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	return repo.Find(ctx, key)
 }
 
 // Stored is what the archive holds for one segment.

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-
-	"github.com/walkeeper/walkeeper/storage"
 )
 
 // Kind says what a file under wal/ is.
@@ -124,17 +122,6 @@ func ParseName(s string, segSize uint64) (Name, error) {
 		n.Offset = uint32(off)
 	}
 	return n, nil
-}
-
-// Key is the repository key (without codec extension) of the WAL file
-// name.
-func Key(name string) string { return storage.WALPrefix + name }
-
-// NameOfKey is the WAL file name a stored key under wal/ holds: the key
-// without the prefix and the codec extension.
-func NameOfKey(key string) string {
-	base, _, _ := storage.SplitExt(key)
-	return strings.TrimPrefix(base, storage.WALPrefix)
 }
 
 func isUpperHex(s string) bool {

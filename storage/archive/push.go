@@ -108,7 +108,7 @@ func PushWAL(ctx context.Context, repo *storage.Repository, path string) (Pushed
 		return res, err
 	}
 
-	base := Key(name)
+	base := LayoutFor(cfg.FormatVersion).Key(name)
 	existing, err := Find(ctx, repo, name)
 	switch {
 	case err == nil:

@@ -113,7 +113,7 @@ func TestPushWALPartial(t *testing.T) {
 	if !bytes.Equal(archivetest.Read(t, repo, name), seg) {
 		t.Fatal("partial not replaced")
 	}
-	if objs := archivetest.Keys(t, mem, archive.Key(name)); len(objs) != 1 {
+	if objs := archivetest.Keys(t, mem, archivetest.WALKey(name)); len(objs) != 1 {
 		t.Fatalf("objects %v: the old version (other codec) must go", objs)
 	}
 	// A shorter or different partial is refused.

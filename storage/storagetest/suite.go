@@ -438,7 +438,7 @@ func testCodecs(t *testing.T, b storage.Backend) {
 			t.Fatal(err)
 		}
 		repo := storage.NewRepository(b, c)
-		w, err := repo.Create(ctx, archive.Key("00000001000000000000000"+fmt.Sprint(int(c))))
+		w, err := repo.Create(ctx, archive.LayoutFor(storage.FormatVersion).Key("00000001000000000000000"+fmt.Sprint(int(c))))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -452,7 +452,7 @@ func testCodecs(t *testing.T, b storage.Backend) {
 		// A reader with another default codec must still read it: the codec
 		// comes from the object, not from the caller.
 		other := storage.NewRepository(b, storage.CodecNone)
-		info, err := other.Find(ctx, archive.Key("00000001000000000000000"+fmt.Sprint(int(c))))
+		info, err := other.Find(ctx, archive.LayoutFor(storage.FormatVersion).Key("00000001000000000000000"+fmt.Sprint(int(c))))
 		if err != nil {
 			t.Fatalf("%s: Find: %v", name, err)
 		}

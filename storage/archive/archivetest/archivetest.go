@@ -71,7 +71,8 @@ func Segment(t testing.TB, name, sysid string, seed uint64) []byte {
 func Put(t testing.TB, mem *storage.Memory, name string, c storage.Codec, content []byte) string {
 	t.Helper()
 	repo := storage.NewRepository(mem, c)
-	w, err := repo.Create(context.Background(), archive.Key(name))
+	key := Key(t, repo, name)
+	w, err := repo.Create(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +82,18 @@ func Put(t testing.TB, mem *storage.Memory, name string, c storage.Codec, conten
 	if _, err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return archive.Key(name) + c.Ext()
+	return key + c.Ext()
+}
+
+// Key is the key (without codec extension) of the WAL file name in repo's
+// layout.
+func Key(t testing.TB, repo *storage.Repository, name string) string {
+	t.Helper()
+	key, err := archive.Key(context.Background(), repo, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
 }
 
 // Read reads a stored WAL file, verified.
@@ -124,3 +136,7 @@ func Keys(t testing.TB, b storage.Backend, prefix string) []string {
 	}
 	return keys
 }
+
+// WALKey is the key (without codec extension) of the WAL file name in a
+// repository of the format this walkeeper creates.
+func WALKey(name string) string { return archive.LayoutFor(storage.FormatVersion).Key(name) }
