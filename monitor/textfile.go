@@ -123,6 +123,9 @@ type Run struct {
 	End     time.Time // when it ended
 	Bytes   int64     // size of what it produced or processed (backup: stored bytes)
 	OK      bool      // it succeeded
+	// Extra gauges of the command (a drill's restore and recovery times),
+	// written after the common ones.
+	Extra []Gauge
 }
 
 // RunMetricNames lists the metrics RecordRun writes for command.
@@ -161,11 +164,11 @@ func RecordRun(path string, run Run) error {
 		lastSuccess = old[p+"last_success_timestamp_seconds"]
 	}
 	names := RunMetricNames(run.Command)
-	return WriteTextfile(path, []Gauge{
+	return WriteTextfile(path, append([]Gauge{
 		{names[0], "Unix time the last walkeeper " + run.Command + " run ended.", end},
 		{names[1], "Duration of the last walkeeper " + run.Command + " run in seconds.", run.End.Sub(run.Start).Seconds()},
 		{names[2], "Bytes the last walkeeper " + run.Command + " run produced or processed.", float64(run.Bytes)},
 		{names[3], "1 if the last walkeeper " + run.Command + " run succeeded, else 0.", success},
 		{names[4], "Unix time the last successful walkeeper " + run.Command + " run ended (0: none recorded).", lastSuccess},
-	})
+	}, run.Extra...))
 }

@@ -228,3 +228,12 @@ func choose(complete []*basebackup.Meta, id string, tg target, graph *archive.Gr
 func endOf(m *basebackup.Meta) string {
 	return "ended at " + m.StopTime.UTC().Format(time.RFC3339Nano)
 }
+
+// Choose returns the backup Run would restore for id ("" or "latest": the
+// newest complete one that can reach rec's target), so that a caller can
+// look at it first (restore drills pick the server binaries and move the
+// tablespaces by it).
+func Choose(ctx context.Context, repo *storage.Repository, id string, rec Recovery) (*basebackup.Meta, error) {
+	m, _, err := chooseBackup(ctx, repo, id, rec)
+	return m, err
+}

@@ -20,6 +20,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/walkeeper/walkeeper/drill"
 	"github.com/walkeeper/walkeeper/monitor"
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/test/harness"
@@ -191,10 +192,13 @@ func TestMonitoringFilesUseRealMetrics(t *testing.T) {
 	for _, n := range walstream.MetricNames() {
 		known[n] = true
 	}
-	for _, cmd := range []string{"backup", "delete", "verify"} {
+	for _, cmd := range []string{"backup", "delete", "verify", "drill"} {
 		for _, n := range monitor.RunMetricNames(cmd) {
 			known[n] = true
 		}
+	}
+	for _, n := range drill.MetricNames() {
+		known[n] = true
 	}
 	metricRef := regexp.MustCompile(`walkeeper_[a-z0-9_]+`)
 	check := func(where, expr string) int {
@@ -246,7 +250,8 @@ func TestMonitoringFilesUseRealMetrics(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"WalkeeperStreamDown", "WalkeeperStreamLagHigh", "WalkeeperUploadErrors",
-		"WalkeeperPartialTooOld", "WalkeeperBackupTooOld", "WalkeeperBackupFailed", "WalkeeperVerifyFailed"} {
+		"WalkeeperPartialTooOld", "WalkeeperBackupTooOld", "WalkeeperBackupFailed", "WalkeeperVerifyFailed",
+		"WalkeeperDrillFailed", "WalkeeperDrillTooOld"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("alert %s missing (have %v)", want, alerts)
 		}

@@ -61,6 +61,9 @@ type ClusterOptions struct {
 	// whole machine (not of a killed postmaster), so it is off by default
 	// and must not be used by tests about durability.
 	FsyncOff bool
+	// NoDataChecksums leaves out initdb's --data-checksums, for tests of
+	// damage that neither the server nor a backup notices.
+	NoDataChecksums bool
 }
 
 // Cluster is a running (or stopped) PostgreSQL cluster owned by one test.
@@ -126,13 +129,15 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		"-D", c.dataDir,
 		"-U", SuperUser,
 		"--auth=trust",
-		"--data-checksums",
 		"--encoding=UTF8",
 		"--locale=C",
 		// Only skips initdb's own final fsync of the new files; the
 		// running server's durability is unaffected.
 		"--no-sync",
 		"--no-instructions",
+	}
+	if !opts.NoDataChecksums {
+		args = append(args, "--data-checksums")
 	}
 	if opts.WALSegSizeMB != 0 {
 		args = append(args, "--wal-segsize="+strconv.Itoa(opts.WALSegSizeMB))
