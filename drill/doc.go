@@ -20,7 +20,7 @@
 //     overridden on the command line, where no configuration file can undo
 //     it: data_directory, hba_file (trust for local connections only),
 //     ident_file, external_pid_file, port and a private socket directory,
-//     listen_addresses ” (no TCP), archive_mode off and every archive or
+//     listen_addresses empty (no TCP), archive_mode off and every archive or
 //     recovery-end command empty, primary_conninfo and slot empty,
 //     synchronous_standby_names empty, shared_preload_libraries empty, ssl
 //     off, hot_standby off, autovacuum off, shared_buffers 32MB.
