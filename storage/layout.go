@@ -36,7 +36,7 @@ func BackupMetaKey(id string) string { return BackupsPrefix + id + "/backup.json
 
 // FormatVersion is the repository format this walkeeper writes and the
 // newest it can read.
-const FormatVersion = 1
+const FormatVersion = 3
 
 // BackupKey is the key (without codec extension) of a file of backup id.
 func BackupKey(id, name string) string { return BackupsPrefix + id + "/" + name }

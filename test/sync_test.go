@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -190,5 +191,72 @@ func TestSynchronousStreamSurvivesStorageStall(t *testing.T) {
 	r := s.restoreEnd(t, "syncstall-restored")
 	if got := r.QueryString(t, "SELECT count(*) FROM stall WHERE id = 42"); got != "1" {
 		t.Fatalf("the committed row is not in the restore: %s rows", got)
+	}
+}
+
+// TestSynchronousFlushCostsWhatArrived: in synchronous mode each flush
+// stores what arrived since the last one, not the whole unfinished
+// segment again. With uncompressed storage, the bytes the stream writes
+// while one client commits 200 single-row transactions in the middle of a
+// segment stay within a small multiple of the WAL those commits wrote
+// (consolidation rewrites each byte once per level); re-storing the
+// growing segment at every commit wrote a thousand times as much.
+func TestSynchronousFlushCostsWhatArrived(t *testing.T) {
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: "synccost"})
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	addr := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	wk := startWalkeeper(t, nil, "stream", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wkcost",
+		"--synchronous", "--compression", "none", "--metrics-listen", addr)
+	waitFor(t, time.Minute, "walkeeper to stream", func() bool {
+		return c.QueryString(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'wkcost' AND state = 'streaming'") == "1"
+	})
+	c.Exec(t, "ALTER SYSTEM SET synchronous_standby_names = 'wkcost'")
+	c.Exec(t, "SELECT pg_reload_conf()")
+	waitFor(t, time.Minute, "walkeeper to become the synchronous standby", func() bool {
+		return c.QueryString(t, "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'wkcost'") == "sync"
+	})
+	// Start a fresh segment and put 1 MB of WAL in it first: the commits
+	// below then land in the middle of an unfinished segment.
+	c.QueryString(t, "SELECT pg_switch_wal()")
+	c.Exec(t, "CREATE TABLE cost_fill AS SELECT g, repeat('f', 200) AS pad FROM generate_series(1, 4000) g")
+	c.Exec(t, "CREATE TABLE cost (id int, pad text)")
+	stored := func() float64 {
+		m, err := scrape(t, "http://"+addr+"/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range m {
+			if strings.HasPrefix(k, "walkeeper_stream_stored_bytes_total") {
+				return v
+			}
+		}
+		t.Fatal("no walkeeper_stream_stored_bytes_total")
+		return 0
+	}
+	segName := func() string { return c.QueryString(t, "SELECT pg_walfile_name(pg_current_wal_lsn())") }
+	seg0, lsn0 := segName(), lsnOfTB(t, c.QueryString(t, "SELECT pg_current_wal_lsn()"))
+	before := stored()
+	conn := c.Conn(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for i := range 200 {
+		if _, err := conn.Exec(ctx, "INSERT INTO cost VALUES ($1, repeat('x', 100))", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wal := float64(lsnOfTB(t, c.QueryString(t, "SELECT pg_current_wal_lsn()")) - lsn0)
+	if seg := segName(); seg != seg0 {
+		t.Skipf("the commits crossed a segment boundary (%s to %s): the measure would include a complete segment", seg0, seg)
+	}
+	written := stored() - before
+	t.Logf("200 commits wrote %.0f bytes of WAL; the stream stored %.0f bytes (%.1f times)", wal, written, written/wal)
+	// Each flush's object carries a 64-byte envelope; commits of a few
+	// hundred bytes and up to 4 levels of consolidation stay below 8x.
+	if written > 8*wal {
+		t.Errorf("the stream stored %.0f bytes for %.0f bytes of WAL (%.0f times): a flush re-stores more than what arrived",
+			written, wal, written/wal)
+	}
+	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit code %d:\n%s", code, wk.output())
 	}
 }

@@ -18,7 +18,7 @@ import (
 type jobKind int
 
 const (
-	jobPartial jobKind = iota // store the first n bytes of seg as NAME.partial
+	jobPartial jobKind = iota // store the first n bytes of seg: ranges (format 3) or NAME.partial
 	jobSegment                // store the complete seg as NAME, drop NAME.partial
 	jobHistory                // store a timeline history file
 	jobBarrier                // nothing to store: closes done when reached
@@ -47,11 +47,20 @@ type uploader struct {
 	partialPending atomic.Bool
 	advanced       chan struct{} // poked (non-blocking) when flushed moves
 
+	// ranges: the repository is format 3 or newer, so an unfinished
+	// segment is stored as appended ranges; older repositories get whole
+	// .partial objects, which their walkeepers read.
+	ranges atomic.Bool
+
 	mu       sync.Mutex
 	fatalErr error
-	// partialLen remembers how much of a segment a stored .partial holds so
-	// a resumed stream never replaces it with a shorter one.
+	// partialLen remembers, by segment name, how much of a segment the
+	// repository holds unfinished, so a resumed stream never replaces it
+	// with less and stores only what follows.
 	partialLen map[string]int
+	// runs are the ranges of a segment the next consolidation may merge,
+	// by segment name, in order.
+	runs map[string][]rangeRun
 
 	// failure is the failure the uploader is retrying (nil while storing
 	// works), under mu; failingSince (unix nanoseconds, 0: none) and full
@@ -115,6 +124,7 @@ func newUploader(repo *storage.Repository, log *slog.Logger, queue int) *uploade
 		q:          make(chan job, queue),
 		advanced:   make(chan struct{}, 1),
 		partialLen: map[string]int{},
+		runs:       map[string][]rangeRun{},
 	}
 	u.lastStored.Store(time.Now().UnixNano())
 	return u
@@ -269,21 +279,25 @@ func (u *uploader) store(ctx context.Context, j job) error {
 		return nil
 	case jobPartial:
 		defer u.partialPending.Store(false)
-		name := j.seg.name() + ".partial"
+		name := j.seg.name()
 		u.mu.Lock()
 		have := u.partialLen[name]
 		u.mu.Unlock()
 		if j.snap.n <= have {
-			return nil // the stored partial already holds these bytes
+			return nil // the repository already holds these bytes
 		}
-		if _, err := u.write(ctx, archive.Key(name), j.snap.reader()); err != nil {
+		if u.ranges.Load() {
+			if err := u.storeRange(ctx, j, have); err != nil {
+				return err
+			}
+		} else if _, err := u.write(ctx, archive.Key(name+".partial"), j.snap.reader()); err != nil {
 			return err
 		}
 		u.mu.Lock()
 		u.partialLen[name] = j.snap.n
 		u.mu.Unlock()
 		u.stats.PartialsStored.Add(1)
-		u.log.Debug("stored partial segment", "segment", name, "bytes", j.snap.n)
+		u.log.Debug("stored partial segment", "segment", name, "from", have, "bytes", j.snap.n)
 		return nil
 	case jobSegment:
 		return u.storeSegment(ctx, j.seg, j.snap)
@@ -344,10 +358,91 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 		u.log.Warn("could not remove superseded partial segment", "segment", name, "error", err)
 	}
 	u.mu.Lock()
-	delete(u.partialLen, name+".partial")
+	delete(u.partialLen, name)
+	delete(u.runs, name)
 	u.mu.Unlock()
 	seg.release()
 	return nil
+}
+
+// rangeFanout is how many ranges of one level are merged into one range
+// of the next level (see storeRange).
+const rangeFanout = 8
+
+// rangeRun is a stored range a consolidation may merge.
+type rangeRun struct {
+	key      string
+	from, to int
+	level    int
+}
+
+// storeRange stores the bytes of j's segment from offset from to the end
+// of its snapshot as one range object: what a flush costs is what arrived
+// since the last one. Then it consolidates: whenever the newest
+// rangeFanout ranges are of one level, they are merged into one range of
+// the next level (written first, then they are deleted), so a segment
+// has at most rangeFanout-1 ranges per level, about 6 levels for 16 MB
+// of WAL in single small commits, and each byte is rewritten once per
+// level. Readers see the same prefix before, during and after a merge
+// (docs/repository-format.md); a merge that fails only leaves more
+// ranges, and the complete segment removes them all.
+func (u *uploader) storeRange(ctx context.Context, j job, from int) error {
+	name := j.seg.name()
+	base := archive.Key(archive.RangeName(j.seg.tli, j.seg.segno, j.seg.segSize, uint32(from), uint32(j.snap.n)))
+	if _, err := u.write(ctx, base, j.snap.section(from, j.snap.n)); err != nil {
+		return err
+	}
+	u.mu.Lock()
+	u.runs[name] = append(u.runs[name], rangeRun{key: base + u.repo.Codec().Ext(), from: from, to: j.snap.n})
+	u.mu.Unlock()
+	for {
+		u.mu.Lock()
+		runs := u.runs[name]
+		u.mu.Unlock()
+		n := len(runs)
+		if n < rangeFanout {
+			return nil
+		}
+		tail := runs[n-rangeFanout:]
+		for _, r := range tail {
+			if r.level != tail[0].level {
+				return nil
+			}
+		}
+		lo, hi := tail[0].from, tail[len(tail)-1].to
+		merged := archive.Key(archive.RangeName(j.seg.tli, j.seg.segno, j.seg.segSize, uint32(lo), uint32(hi)))
+		if _, err := u.write(ctx, merged, j.snap.section(lo, hi)); err != nil {
+			u.log.Warn("could not consolidate ranges of a partial segment (they stay until the segment is complete)",
+				"segment", name, "error", err)
+			return nil
+		}
+		keys := make([]string, 0, len(tail))
+		for _, r := range tail {
+			if r.key != merged+u.repo.Codec().Ext() {
+				keys = append(keys, r.key)
+			}
+		}
+		if err := u.repo.Backend().DeleteMany(ctx, keys); err != nil {
+			u.log.Warn("could not remove consolidated ranges (they stay until the segment is complete)", "segment", name, "error", err)
+		}
+		u.mu.Lock()
+		u.runs[name] = append(runs[:n-rangeFanout:n-rangeFanout], rangeRun{key: merged + u.repo.Codec().Ext(), from: lo, to: hi, level: tail[0].level + 1})
+		u.mu.Unlock()
+	}
+}
+
+// resume tells the uploader what the repository holds of the unfinished
+// segment name when a session starts: a prefix of end bytes, made of a
+// partial and ranges (which the next consolidations merge).
+func (u *uploader) resume(name string, end int, ranges []archive.Object) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.partialLen[name] = end
+	runs := make([]rangeRun, 0, len(ranges))
+	for _, r := range ranges {
+		runs = append(runs, rangeRun{key: r.Key, from: int(r.Name.Offset), to: int(r.Name.End)})
+	}
+	u.runs[name] = runs
 }
 
 // storeHistory stores a timeline history file unless the same one is there.
