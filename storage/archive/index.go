@@ -49,8 +49,8 @@ type Index struct {
 	// From is the lowest segment number listed (0: everything).
 	From uint64
 	// Objects is every listed object, in key order.
-	Objects   []Object
-	segments  map[segKey]int // index into Objects
+	Objects  []Object
+	segments map[segKey]int // index into Objects
 	// partials holds each unfinished segment: its .partial, or without
 	// one its first range (Object.Ranges lists the ranges).
 	partials  map[segKey]int
