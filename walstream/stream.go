@@ -723,11 +723,12 @@ func (s *streamer) flushPartialAsync() error {
 	return s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
 }
 
-// flushPartial queues a snapshot of the current segment and waits until it
-// is stored.
+// flushPartial stores the current segment as one .partial (its ranges
+// consolidated) and waits until it is stored: at the end of a timeline, at
+// the end position and at shutdown.
 func (s *streamer) flushPartial() error {
 	if s.seg != nil && s.seg.size > 0 {
-		if err := s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()}); err != nil {
+		if err := s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end(), fold: true}); err != nil {
 			return err
 		}
 	}

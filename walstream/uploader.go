@@ -27,10 +27,13 @@ const (
 // job is one unit of work for the uploader. Jobs are stored in the order
 // they are queued, which is LSN order.
 type job struct {
-	kind    jobKind
-	seg     *segment // immutable fields only (name); bytes via snap
-	snap    snapshot
-	end     LSN // flush position once this job is stored (0: unchanged)
+	kind jobKind
+	seg  *segment // immutable fields only (name); bytes via snap
+	snap snapshot
+	end  LSN // flush position once this job is stored (0: unchanged)
+	// fold, for a partial: store it as one NAME.partial holding the whole
+	// prefix and remove the segment's ranges (end of timeline, shutdown).
+	fold    bool
 	name    string
 	content []byte
 	done    chan struct{}
@@ -282,11 +285,18 @@ func (u *uploader) store(ctx context.Context, j job) error {
 		name := j.seg.name()
 		u.mu.Lock()
 		have := u.partialLen[name]
+		// Never fold fewer bytes than the repository holds: the .partial
+		// would replace a longer prefix.
+		fold := j.fold && u.ranges.Load() && j.snap.n >= have && (j.snap.n > have || len(u.runs[name]) > 0)
 		u.mu.Unlock()
-		if j.snap.n <= have {
+		if j.snap.n <= have && !fold {
 			return nil // the repository already holds these bytes
 		}
-		if u.ranges.Load() {
+		if fold {
+			if err := u.fold(ctx, j); err != nil {
+				return err
+			}
+		} else if u.ranges.Load() {
 			if err := u.storeRange(ctx, j, have); err != nil {
 				return err
 			}
@@ -429,6 +439,24 @@ func (u *uploader) storeRange(ctx context.Context, j job, from int) error {
 		u.runs[name] = append(runs[:n-rangeFanout:n-rangeFanout], rangeRun{key: merged + u.repo.Codec().Ext(), from: lo, to: hi, level: tail[0].level + 1})
 		u.mu.Unlock()
 	}
+}
+
+// fold stores j's snapshot as the segment's one .partial, then removes
+// the segment's ranges: a timeline's last segment, or the one a stream
+// stops in, is left as one object, as PostgreSQL's tools leave it.
+func (u *uploader) fold(ctx context.Context, j job) error {
+	name := j.seg.name()
+	if _, err := u.write(ctx, archive.Key(name+".partial"), j.snap.reader()); err != nil {
+		return err
+	}
+	if err := archive.RemoveRanges(ctx, u.repo, name); err != nil {
+		u.log.Warn("could not remove the ranges of a consolidated partial segment (they stay until the segment is complete)",
+			"segment", name, "error", err)
+	}
+	u.mu.Lock()
+	delete(u.runs, name)
+	u.mu.Unlock()
+	return nil
 }
 
 // resume tells the uploader what the repository holds of the unfinished

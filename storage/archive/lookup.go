@@ -129,11 +129,22 @@ func Reaches(ctx context.Context, repo *storage.Repository, tli uint32, seg, seg
 // file (whatever their codec) once the complete segment is stored: it
 // supersedes them. One listing of the segment's name, one batch delete.
 func RemovePartials(ctx context.Context, repo *storage.Repository, file string) error {
+	return removeUnfinished(ctx, repo, file, true)
+}
+
+// RemoveRanges deletes the ranges of segment file once a .partial holding
+// all of them is stored (a stream consolidating at the end of a timeline
+// or at shutdown).
+func RemoveRanges(ctx context.Context, repo *storage.Repository, file string) error {
+	return removeUnfinished(ctx, repo, file, false)
+}
+
+func removeUnfinished(ctx context.Context, repo *storage.Repository, file string, partials bool) error {
 	var keys []string
 	err := repo.Backend().List(ctx, Key(file)+".", func(o storage.ObjectInfo) error {
 		f := NameOfKey(o.Key)
 		switch k := KindOf(f); {
-		case k == Partial && f == file+".partial", k == Range && f[:24] == file:
+		case k == Partial && partials && f == file+".partial", k == Range && f[:24] == file:
 			keys = append(keys, o.Key)
 		}
 		return nil
