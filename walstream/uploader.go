@@ -379,65 +379,114 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 // of the next level (see storeRange).
 const rangeFanout = 8
 
+// rangeLevel is the level of a range of size bytes: 0 below 512 bytes
+// (a small commit), then one more for every factor of rangeFanout.
+func rangeLevel(size int) int {
+	l := 0
+	for t := size; t >= 512; t /= rangeFanout {
+		l++
+	}
+	return l
+}
+
 // rangeRun is a stored range a consolidation may merge.
 type rangeRun struct {
 	key      string
 	from, to int
-	level    int
 }
+
+func (r rangeRun) level() int { return rangeLevel(r.to - r.from) }
 
 // storeRange stores the bytes of j's segment from offset from to the end
 // of its snapshot as one range object: what a flush costs is what arrived
-// since the last one. Then it consolidates: whenever the newest
-// rangeFanout ranges are of one level, they are merged into one range of
-// the next level (written first, then they are deleted), so a segment
-// has at most rangeFanout-1 ranges per level, about 6 levels for 16 MB
-// of WAL in single small commits, and each byte is rewritten once per
-// level. Readers see the same prefix before, during and after a merge
-// (docs/repository-format.md); a merge that fails only leaves more
-// ranges, and the complete segment removes them all.
+// since the last one. Ranges are then consolidated by size, as levels
+// (rangeLevel: below 512 bytes, below 4 KiB, below 32 KiB, ...), keeping the levels of a
+// segment's ranges non-increasing from its first byte on:
+//
+//   - a new range of a higher level than the ranges before it is stored
+//     together with them, as one range (that costs at most twice the new
+//     range: they are smaller);
+//   - whenever the newest rangeFanout ranges are of one level, they are
+//     merged into one range (written first, then they are deleted).
+//
+// So a segment has at most rangeFanout-1 ranges per level, about 40 for
+// 16 MB of WAL in single small commits, and each byte is stored about once
+// per level. Readers see the same prefix before, during and after a merge
+// (docs/repository-format.md); a merge that fails only leaves more ranges,
+// and the complete segment removes them all.
 func (u *uploader) storeRange(ctx context.Context, j job, from int) error {
 	name := j.seg.name()
-	base := archive.Key(archive.RangeName(j.seg.tli, j.seg.segno, j.seg.segSize, uint32(from), uint32(j.snap.n)))
-	if _, err := u.write(ctx, base, j.snap.section(from, j.snap.n)); err != nil {
+	u.mu.Lock()
+	runs := u.runs[name]
+	u.mu.Unlock()
+	// Absorb the smaller ranges just before this one.
+	k, level := len(runs), rangeLevel(j.snap.n-from)
+	for k > 0 && runs[k-1].level() < level {
+		k--
+		level = rangeLevel(j.snap.n - runs[k].from)
+	}
+	lo := from
+	if k < len(runs) {
+		lo = runs[k].from
+	}
+	key, err := u.writeRange(ctx, j, lo, j.snap.n)
+	if err != nil {
 		return err
 	}
+	u.dropRuns(ctx, name, runs[k:], key)
+	runs = append(runs[:k:k], rangeRun{key: key, from: lo, to: j.snap.n})
 	u.mu.Lock()
-	u.runs[name] = append(u.runs[name], rangeRun{key: base + u.repo.Codec().Ext(), from: from, to: j.snap.n})
+	u.runs[name] = runs
 	u.mu.Unlock()
 	for {
-		u.mu.Lock()
-		runs := u.runs[name]
-		u.mu.Unlock()
 		n := len(runs)
 		if n < rangeFanout {
 			return nil
 		}
 		tail := runs[n-rangeFanout:]
 		for _, r := range tail {
-			if r.level != tail[0].level {
+			if r.level() != tail[0].level() {
 				return nil
 			}
 		}
 		lo, hi := tail[0].from, tail[len(tail)-1].to
-		merged := archive.Key(archive.RangeName(j.seg.tli, j.seg.segno, j.seg.segSize, uint32(lo), uint32(hi)))
-		if _, err := u.write(ctx, merged, j.snap.section(lo, hi)); err != nil {
+		key, err := u.writeRange(ctx, j, lo, hi)
+		if err != nil {
 			u.log.Warn("could not consolidate ranges of a partial segment (they stay until the segment is complete)",
 				"segment", name, "error", err)
 			return nil
 		}
-		keys := make([]string, 0, len(tail))
-		for _, r := range tail {
-			if r.key != merged+u.repo.Codec().Ext() {
-				keys = append(keys, r.key)
-			}
-		}
-		if err := u.repo.Backend().DeleteMany(ctx, keys); err != nil {
-			u.log.Warn("could not remove consolidated ranges (they stay until the segment is complete)", "segment", name, "error", err)
-		}
+		u.dropRuns(ctx, name, tail, key)
+		runs = append(runs[:n-rangeFanout:n-rangeFanout], rangeRun{key: key, from: lo, to: hi})
 		u.mu.Lock()
-		u.runs[name] = append(runs[:n-rangeFanout:n-rangeFanout], rangeRun{key: merged + u.repo.Codec().Ext(), from: lo, to: hi, level: tail[0].level + 1})
+		u.runs[name] = runs
 		u.mu.Unlock()
+	}
+}
+
+// writeRange stores bytes [lo, hi) of j's segment as a range and returns
+// its key.
+func (u *uploader) writeRange(ctx context.Context, j job, lo, hi int) (string, error) {
+	base := archive.Key(archive.RangeName(j.seg.tli, j.seg.segno, j.seg.segSize, uint32(lo), uint32(hi)))
+	if _, err := u.write(ctx, base, j.snap.section(lo, hi)); err != nil {
+		return "", err
+	}
+	return base + u.repo.Codec().Ext(), nil
+}
+
+// dropRuns deletes ranges a stored range (key) now covers.
+func (u *uploader) dropRuns(ctx context.Context, name string, runs []rangeRun, key string) {
+	keys := make([]string, 0, len(runs))
+	for _, r := range runs {
+		if r.key != key {
+			keys = append(keys, r.key)
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	if err := u.repo.Backend().DeleteMany(ctx, keys); err != nil {
+		u.log.Warn("could not remove consolidated ranges (they stay until the segment is complete)", "segment", name, "error", err)
 	}
 }
 
