@@ -2,12 +2,15 @@ package storage
 
 import "strings"
 
-// The repository layout, defined here and nowhere else (format version 1):
+// The repository layout, defined here and nowhere else (format version 3):
 //
 //	walkeeper.json                         repository identity (plain JSON)
 //	wal/<TTTTTTTTXXXXXXXXYYYYYYYY><ext>    a complete WAL segment
 //	wal/<TTTTTTTTXXXXXXXXYYYYYYYY>.partial<ext>
-//	                                       the newest, unfinished segment
+//	                                       the newest, unfinished segment (a prefix)
+//	wal/<TTTTTTTTXXXXXXXXYYYYYYYY>.<SSSSSSSS>-<EEEEEEEE>.range<ext>
+//	                                       format 3: bytes [S, E) of an unfinished
+//	                                       segment (docs/repository-format.md)
 //	wal/<TTTTTTTT>.history<ext>            a timeline history file
 //	backups/<ID>/...                       one base backup; started.json first
 //	                                       (created only if absent), backup.json last;
@@ -35,7 +38,8 @@ func StreamStatusKey(slot string) string { return StreamsPrefix + slot + ".json"
 func BackupMetaKey(id string) string { return BackupsPrefix + id + "/backup.json" }
 
 // FormatVersion is the repository format this walkeeper writes and the
-// newest it can read.
+// newest it can read. 3: unfinished segments as appended ranges (older
+// repositories keep whole .partial objects; they are read as before).
 const FormatVersion = 3
 
 // BackupKey is the key (without codec extension) of a file of backup id.
