@@ -340,7 +340,7 @@ func planWAL(wal *archive.Index, kept []Info, res *RetentionResult) error {
 	skippedNewer := 0
 	for _, f := range wal.Objects {
 		switch f.Name.Kind {
-		case archive.Segment, archive.Partial, archive.BackupLabel:
+		case archive.Segment, archive.Partial, archive.Range, archive.BackupLabel:
 		default:
 			continue // history files and unknown names stay
 		}

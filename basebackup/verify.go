@@ -364,7 +364,12 @@ func (v *verifier) checkBackupWAL(ctx context.Context, b Info) error {
 		if f, ok := v.wal.Segment(t, seg); ok {
 			v.need(readCheck{key: f.Key, size: f.Size})
 		} else if f, ok := v.wal.PartialOf(t, seg); ok && seg == end {
-			v.need(readCheck{key: f.Key, size: f.Size})
+			if f.Name.Kind == archive.Partial {
+				v.need(readCheck{key: f.Key, size: f.Size})
+			}
+			for _, r := range f.Ranges {
+				v.need(readCheck{key: r.Key, size: r.Size})
+			}
 		}
 	}
 	return nil
@@ -379,7 +384,7 @@ func (v *verifier) checkTimelines(only map[uint32]bool) {
 	tails := map[uint32]int{}
 	for _, f := range v.wal.Objects {
 		n := f.Name
-		if n.Kind != archive.Segment && n.Kind != archive.Partial && n.Kind != archive.BackupLabel {
+		if !n.Kind.HoldsWAL() && n.Kind != archive.BackupLabel {
 			continue
 		}
 		if only != nil && !only[n.TLI] {
@@ -419,8 +424,9 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if base, _, _ := storage.SplitExt(c.key); errors.Is(err, storage.ErrNotFound) && strings.HasSuffix(base, ".partial") {
-			return nil // a running stream replaced it by the complete segment
+		if base, _, _ := storage.SplitExt(c.key); errors.Is(err, storage.ErrNotFound) &&
+			(strings.HasSuffix(base, ".partial") || archive.KindOf(archive.NameOfKey(c.key)) == archive.Range) {
+			return nil // a running stream replaced it by the complete segment, or consolidated it
 		}
 		v.readProblem(c.key, err)
 		return nil

@@ -26,7 +26,7 @@
 //     off, hot_standby off, autovacuum off, shared_buffers 32MB.
 //  4. Wait until the server accepts connections and is out of recovery
 //     (end of the archive, or the target with target_action promote), or
-//     until it exits or --timeout passes. Read where replay ended
+//     until it exits or --recovery-timeout passes. Read where replay ended
 //     (pg_last_wal_replay_lsn).
 //  5. Check: amcheck in every database that accepts connections
 //     (bt_index_check of every valid B-tree index, verify_heapam of every

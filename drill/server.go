@@ -246,7 +246,7 @@ func (s *server) waitUsable(ctx context.Context, user string) (*pgx.Conn, error)
 			if lastErr == nil {
 				lastErr = errors.New("still in recovery")
 			}
-			return nil, fmt.Errorf("the server was not usable within the time allowed (--timeout; last: %v): %s", lastErr, s.logTail())
+			return nil, fmt.Errorf("the server was not usable within the time allowed (--recovery-timeout; last: %v): %s", lastErr, s.logTail())
 		case <-s.done:
 		case <-time.After(200 * time.Millisecond):
 		}

@@ -102,9 +102,12 @@ func collectRepository(ctx context.Context, repo *storage.Repository, now time.T
 		// Nothing along the newest timeline's path (only an abandoned
 		// tail, say): show the newest WAL object there is.
 		for _, o := range ix.Objects {
-			if k := o.Name.Kind; k == archive.Segment || k == archive.Partial {
+			if k := o.Name.Kind; k.HoldsWAL() {
 				if !end.Found || o.Name.Seg > end.Seg || o.Name.Seg == end.Seg && o.Name.TLI >= end.TLI {
-					end = archive.End{Found: true, TLI: o.Name.TLI, Seg: o.Name.Seg, Partial: k == archive.Partial, Object: o}
+					if k != archive.Segment {
+						o, _ = ix.PartialOf(o.Name.TLI, o.Name.Seg)
+					}
+					end = archive.End{Found: true, TLI: o.Name.TLI, Seg: o.Name.Seg, Partial: k != archive.Segment, Object: o}
 				}
 			}
 		}

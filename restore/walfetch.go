@@ -141,17 +141,23 @@ func fetchFromRepository(ctx context.Context, repo *storage.Repository, name str
 	if err != nil {
 		return res, err
 	}
-	var padTo int64
-	if f.Partial {
-		cfg, err := repo.Config(ctx)
+	if u := f.Unfinished; u != nil {
+		// The prefix the partial and ranges hold; a segment is padded.
+		var padTo int64
+		if f.Partial {
+			padTo, res.Partial = int64(f.SegSize), true
+		}
+		n, err := walWriteAtomic(dest, padTo, func(w *os.File) (int64, error) {
+			return u.WriteTo(ctx, repo, w)
+		})
+		if errors.Is(err, storage.ErrNotFound) {
+			return res, errWALVanished // consolidated meanwhile: look again
+		}
 		if err != nil {
-			if errors.Is(err, storage.ErrNotFound) {
-				return res, fmt.Errorf("%s: repository %s has no %s, so the segment size to pad %s.partial to is unknown",
-					name, repo, storage.ConfigKey, name)
-			}
 			return res, err
 		}
-		padTo, res.Partial = int64(cfg.WALSegmentSize), true
+		res.Key, res.Size = u.Key(), n
+		return res, nil
 	}
 	obj, err := repo.Open(ctx, f.Object.Key)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -161,7 +167,9 @@ func fetchFromRepository(ctx context.Context, repo *storage.Repository, name str
 		return res, err
 	}
 	defer obj.Close()
-	n, err := walWriteAtomic(dest, obj, padTo)
+	n, err := walWriteAtomic(dest, 0, func(w *os.File) (int64, error) {
+		return io.CopyBuffer(w, obj, make([]byte, 1<<20))
+	})
 	if err != nil {
 		return res, err
 	}
@@ -169,12 +177,12 @@ func fetchFromRepository(ctx context.Context, repo *storage.Repository, name str
 	return res, nil
 }
 
-// walWriteAtomic copies r into a temporary file in dest's directory,
-// appends zeros up to padTo bytes (when padTo > 0), fsyncs it, renames it to
-// dest (replacing a file there) and fsyncs the directory. On any error,
-// including one from r, dest is untouched and the temporary file removed.
-// It returns the size written.
-func walWriteAtomic(dest string, r io.Reader, padTo int64) (n int64, err error) {
+// walWriteAtomic fills a temporary file in dest's directory with fill,
+// appends zeros up to padTo bytes (when padTo > 0), fsyncs it, renames it
+// to dest (replacing a file there) and fsyncs the directory. On any error,
+// including one from fill, dest is untouched and the temporary file
+// removed. It returns the size written.
+func walWriteAtomic(dest string, padTo int64, fill func(*os.File) (int64, error)) (n int64, err error) {
 	dir := filepath.Dir(dest)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(dest)+".walkeeper-*.tmp")
 	if err != nil {
@@ -186,8 +194,7 @@ func walWriteAtomic(dest string, r io.Reader, padTo int64) (n int64, err error) 
 			os.Remove(f.Name())
 		}
 	}()
-	buf := make([]byte, 1<<20)
-	n, err = io.CopyBuffer(f, r, buf)
+	n, err = fill(f)
 	if err != nil {
 		return 0, fmt.Errorf("write %s: %w", dest, err)
 	}
@@ -196,7 +203,7 @@ func walWriteAtomic(dest string, r io.Reader, padTo int64) (n int64, err error) 
 			return 0, fmt.Errorf("write %s: %w: the partial segment has %d bytes, more than the segment size %d",
 				dest, storage.ErrCorrupt, n, padTo)
 		}
-		clear(buf)
+		buf := make([]byte, 1<<20)
 		for n < padTo {
 			m, err := f.Write(buf[:min(int64(len(buf)), padTo-n)])
 			n += int64(m)
@@ -463,7 +470,9 @@ func prefetchOne(ctx context.Context, repo *storage.Repository, name, key, spool
 		return err
 	}
 	defer obj.Close()
-	_, err = walWriteAtomic(filepath.Join(spool, name), &exactSizeReader{r: obj, name: name, want: segSize}, 0)
+	_, err = walWriteAtomic(filepath.Join(spool, name), 0, func(w *os.File) (int64, error) {
+		return io.CopyBuffer(w, &exactSizeReader{r: obj, name: name, want: segSize}, make([]byte, 1<<20))
+	})
 	return err
 }
 

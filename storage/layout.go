@@ -2,14 +2,17 @@ package storage
 
 import "strings"
 
-// The repository layout, defined here and nowhere else (format version 2):
+// The repository layout, defined here and nowhere else (format version 3):
 //
 //	walkeeper.json                         repository identity (plain JSON)
 //	wal/<TTTTTTTTXXXXXXXX>/<TTTTTTTTXXXXXXXXYYYYYYYY><ext>
 //	                                       a complete WAL segment, in its group
 //	                                       (format 1: directly under wal/)
 //	wal/<TTTTTTTTXXXXXXXX>/<TTTTTTTTXXXXXXXXYYYYYYYY>.partial<ext>
-//	                                       the newest, unfinished segment
+//	                                       the newest, unfinished segment (a prefix)
+//	wal/<TTTTTTTTXXXXXXXX>/<TTTTTTTTXXXXXXXXYYYYYYYY>.<SSSSSSSS>-<EEEEEEEE>.range<ext>
+//	                                       format 3: bytes [S, E) of an unfinished
+//	                                       segment (docs/repository-format.md)
 //	wal/<TTTTTTTT>.history<ext>            a timeline history file
 //	backups/<ID>/...                       one base backup; started.json first
 //	                                       (created only if absent), backup.json last;
@@ -39,8 +42,9 @@ func BackupMetaKey(id string) string { return BackupsPrefix + id + "/backup.json
 
 // FormatVersion is the repository format this walkeeper creates and the
 // newest it can read; it reads and writes every older one in its own
-// layout.
-const FormatVersion = 2
+// layout. 2: WAL segments grouped by 4 GB; 3: unfinished segments as
+// appended ranges (older repositories keep whole .partial objects).
+const FormatVersion = 3
 
 // BackupKey is the key (without codec extension) of a file of backup id.
 func BackupKey(id, name string) string { return BackupsPrefix + id + "/" + name }

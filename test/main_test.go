@@ -68,10 +68,14 @@ func repoTargets(t *testing.T) []repoTarget {
 			return r
 		},
 	}}
-	srv := harness.StartS3(t)
+	return append(targets, s3Target(harness.StartS3(t)))
+}
+
+// s3Target is a repository in srv's bucket.
+func s3Target(srv *harness.S3Server) repoTarget {
 	bucket := srv.Bucket
 	env := append(srv.Env(), "WALKEEPER_S3_ENDPOINT="+srv.Endpoint, "WALKEEPER_S3_PATH_STYLE=true")
-	targets = append(targets, repoTarget{
+	return repoTarget{
 		name: "s3",
 		url:  "s3://" + bucket + "/cluster",
 		env:  env,
@@ -89,8 +93,7 @@ func repoTargets(t *testing.T) []repoTarget {
 			}
 			return r
 		},
-	})
-	return targets
+	}
 }
 
 // giveToPostgres hands a local repository written by the (root) test to the

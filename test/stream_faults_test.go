@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walkeeper/walkeeper/restore"
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
@@ -23,30 +25,30 @@ import (
 )
 
 // repoEnd is the LSN just after the newest WAL byte the repository holds
-// (complete segments and partials), computed the way an operator would:
-// from the objects alone.
+// (complete segments, and the prefix a partial and its ranges hold),
+// computed from the objects alone.
 func repoEnd(ctx context.Context, repo *storage.Repository) (uint64, error) {
+	ix, err := archive.Load(ctx, repo, segSize)
+	if err != nil {
+		return 0, err
+	}
 	var end uint64
-	err := repo.Backend().List(ctx, storage.WALPrefix, func(o storage.ObjectInfo) error {
-		name := archive.NameOfKey(o.Key)
-		seg := strings.TrimSuffix(name, ".partial")
-		n, err := archive.ParseName(seg, segSize)
-		if err != nil {
-			return nil
-		}
-		segno := n.Seg
-		e := (segno + 1) * segSize
-		if seg != name {
-			m, err := repo.Meta(ctx, o.Key)
-			if err != nil {
-				return nil // being replaced right now
+	for _, o := range ix.Objects {
+		switch o.Name.Kind {
+		case archive.Segment:
+			end = max(end, (o.Name.Seg+1)*segSize)
+		case archive.Partial, archive.Range:
+			if po, ok := ix.PartialOf(o.Name.TLI, o.Name.Seg); !ok || po.Key != o.Key {
+				continue // counted with its segment's partial
 			}
-			e = segno*segSize + uint64(m.Size)
+			e, err := archive.PartialEnd(ctx, repo, o, segSize)
+			if err != nil {
+				continue // being replaced right now
+			}
+			end = max(end, uint64(e))
 		}
-		end = max(end, e)
-		return nil
-	})
-	return end, err
+	}
+	return end, nil
 }
 
 func lsnOf(t *testing.T, s string) uint64 {
@@ -287,25 +289,27 @@ func TestSynchronousStream(t *testing.T) {
 	}
 }
 
-// commitStored writes the repository's WAL (partials zero-padded to a
-// segment) into a directory and looks for the commit record of xid with
+// commitStored writes the repository's WAL (unfinished segments
+// zero-padded, as wal-fetch serves them) into a directory and looks for the commit record of xid with
 // pg_waldump.
 func commitStored(t *testing.T, repo *storage.Repository, xid string) bool {
 	t.Helper()
 	harness.RequirePGBin(t, "pg_waldump")
 	dir := t.TempDir()
 	var names []string
-	for name, key := range walObjects(t, repo) {
-		seg := strings.TrimSuffix(name, ".partial")
-		if !(archive.KindOf(seg) == archive.Segment) {
+	for name := range walObjects(t, repo) {
+		if !archive.KindOf(name).HoldsWAL() {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(dir, seg)); err == nil {
-			continue // complete segment already written
+		seg := name[:24]
+		if slices.Contains(names, seg) {
+			continue
 		}
-		data := readObject(t, repo, key)
-		data = append(data, make([]byte, segSize-len(data))...)
-		os.WriteFile(filepath.Join(dir, seg), data, 0o600)
+		// What wal-fetch serves: the complete segment, else the prefix
+		// its partial and ranges hold, zero-padded.
+		if _, err := restore.FetchWAL(context.Background(), repo, seg, filepath.Join(dir, seg), restore.FetchOptions{}); err != nil {
+			t.Fatalf("fetch %s: %v", seg, err)
+		}
 		names = append(names, seg)
 	}
 	sort.Strings(names)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/walkeeper/walkeeper/monitor"
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
 	"github.com/walkeeper/walkeeper/walstream"
 )
@@ -155,7 +156,7 @@ type vanishingPartial struct {
 }
 
 func (v *vanishingPartial) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
-	if strings.Contains(key, ".partial") && v.done.CompareAndSwap(false, true) {
+	if (strings.Contains(key, ".partial") || strings.Contains(key, ".range")) && v.done.CompareAndSwap(false, true) {
 		if err := v.Backend.Delete(ctx, key); err != nil {
 			return storage.ObjectInfo{}, err
 		}
@@ -181,7 +182,7 @@ func TestStreamSurvivesVanishedPartial(t *testing.T) {
 	c.Exec(t, "INSERT INTO vanish SELECT generate_series(1, 1000)")
 	waitFor(t, time.Minute, "a stored .partial", func() bool {
 		for name := range walObjects(t, repo) {
-			if strings.HasSuffix(name, ".partial") {
+			if k := archive.KindOf(name); k == archive.Partial || k == archive.Range {
 				return true
 			}
 		}

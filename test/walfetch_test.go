@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/storage/archive/archivetest"
 	"github.com/walkeeper/walkeeper/test/harness"
+	"github.com/walkeeper/walkeeper/walstream"
 )
 
 // runWalkeeperIn runs the binary to completion in dir, as PostgreSQL runs
@@ -316,12 +318,8 @@ func BenchmarkReplayWithPrefetch(b *testing.B) {
 	endLSN := lsnOfTB(b, c.QueryString(b, "SELECT pg_current_wal_flush_lsn()::text"))
 	partial := c.QueryString(b, "SELECT pg_walfile_name(pg_current_wal_flush_lsn())") + ".partial"
 	waitForTB(b, time.Minute, "the stream to store "+partial, func() bool {
-		info, err := direct.Find(context.Background(), archivetest.WALKey(partial))
-		if err != nil {
-			return false
-		}
-		m, err := direct.Meta(context.Background(), info.Key)
-		return err == nil && uint64(m.Size) >= endLSN%segSize
+		ok, err := archive.Reaches(context.Background(), direct, 1, endLSN/segSize, segSize, walstream.LSN(endLSN))
+		return err == nil && ok
 	})
 	stream.Process.Signal(syscall.SIGTERM)
 	streamStopped = true

@@ -21,9 +21,13 @@
 //     lacks, the stream stops with an error naming the range;
 //  5. START_REPLICATION and receive: bytes go into the current segment
 //     buffer (segment.go); a full segment is handed to the uploader; every
-//     --partial-interval the unfinished segment is handed over as a
-//     ".partial" snapshot;
-//  6. at the end of a timeline, store the last segment as ".partial", fetch
+//     --partial-interval (with --synchronous: after every message, unless a
+//     store is in flight) what arrived of the unfinished segment is handed
+//     over; in a format-3 repository the uploader stores it as one
+//     appended range and consolidates ranges by size (uploader.go
+//     storeRange), in older ones as the whole ".partial";
+//  6. at the end of a timeline, store the last segment as one ".partial"
+//     (its ranges folded into it), fetch
 //     the next timeline's history and continue on it.
 //
 // A lost connection ends the session; Run waits until everything queued is

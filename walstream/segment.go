@@ -68,6 +68,11 @@ type snapshot struct {
 // reader reads the snapshot from its start.
 func (s snapshot) reader() io.Reader { return &segmentReader{chunks: s.chunks, n: s.n} }
 
+// section reads the snapshot's bytes at offsets [from, to), to <= n.
+func (s snapshot) section(from, to int) io.Reader {
+	return &segmentReader{chunks: s.chunks, off: from, n: min(to, s.n)}
+}
+
 // release returns the chunks to the pool; the segment is unusable after.
 func (s *segment) release() {
 	for _, c := range s.chunks {

@@ -365,9 +365,13 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if _, err := s.opts.Repo.Init(cctx, want); err != nil {
+	cfg, err := s.opts.Repo.Init(cctx, want)
+	if err != nil {
 		return replication.Permanent(err)
 	}
+	// Ranges only where every walkeeper that reads the repository knows
+	// them: a repository of an older format keeps whole partials.
+	s.up.ranges.Store(cfg.FormatVersion >= 3)
 	s.sysID.Store(sys.SystemID) // the heartbeat may write from now on
 	srvTLI := sys.Timeline
 	var history []archive.HistoryEntry
@@ -399,13 +403,11 @@ func (s *streamer) session(ctx context.Context) (err error) {
 		return replication.Permanent(err)
 	}
 	if start.partial != "" {
-		end, err := archive.PartialEnd(cctx, s.opts.Repo, *cont.Partial, segSize)
+		end, ranges, err := cont.Partial.Unfinished().Prefix(cctx, s.opts.Repo)
 		if err != nil {
 			return fmt.Errorf("read the stored %s: %w", start.partial, err)
 		}
-		s.up.mu.Lock()
-		s.up.partialLen[start.partial] = int(uint64(end) - uint64(start.lsn))
-		s.up.mu.Unlock()
+		s.up.resume(archive.SegmentName(start.tli, uint64(start.lsn)/segSize, segSize), int(end), ranges)
 	}
 	switch {
 	case cont.Found:
@@ -525,6 +527,11 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 			}
 		default:
 		}
+		if s.opts.Synchronous {
+			if err := s.flushSync(); err != nil {
+				return startPoint{}, err
+			}
+		}
 		flushed := LSN(s.up.flushed.Load())
 		s.lag.stored(flushed)
 		if flushed != s.reported || time.Since(lastStatus) >= s.opts.StatusInterval {
@@ -536,10 +543,18 @@ func (s *streamer) receive(ctx context.Context) (startPoint, error) {
 		// Wake up for the next status update, partial or flush advance.
 		wait := min(s.opts.StatusInterval-time.Since(lastStatus), 100*time.Millisecond)
 		rctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
+		stopWake := func() {}
+		if s.opts.Synchronous {
+			// A stored flush is reported at once, not at the next wake-up:
+			// the COMMITs waiting for it return then.
+			stopWake = wakeOn(s.up.advanced, cancel)
+		}
 		msg, err := s.conn.ReceiveMessage(rctx)
+		stopWake()
+		woken := rctx.Err() != nil
 		cancel()
 		if err != nil {
-			if pgconn.Timeout(err) || ctx.Err() != nil {
+			if pgconn.Timeout(err) || ctx.Err() != nil || woken && errors.Is(err, context.Canceled) {
 				continue
 			}
 			return startPoint{}, replication.Classify(err, s.opts.Slot)
@@ -624,13 +639,35 @@ func (s *streamer) handleXLogData(x pglogrepl.XLogData) error {
 		}
 		return errEndPos
 	}
-	if s.opts.Synchronous {
-		if err := s.flushPartial(); err != nil {
-			return err
-		}
-		return s.sendStatus(false)
-	}
 	return nil
+}
+
+// flushSync, in synchronous mode, queues what arrived of the current
+// segment since the last store unless a store is in flight: the receiver
+// never waits for storage, so it goes on answering the server (with the
+// old flush position) however long a store takes, and whatever arrives
+// meanwhile goes up with the next store, one object for all of it. The
+// flush position moves when a store completes (the uploader's flushed).
+func (s *streamer) flushSync() error {
+	if s.seg == nil || s.seg.size == 0 || s.up.partialPending.Load() || s.seg.end() <= LSN(s.up.flushed.Load()) {
+		return nil
+	}
+	return s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
+}
+
+// wakeOn calls cancel when c receives, until the returned stop is called.
+func wakeOn(c <-chan struct{}, cancel context.CancelFunc) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		select {
+		case <-c:
+			cancel()
+		case <-done:
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // queue hands a job to the uploader. While the queue is full it keeps
@@ -678,7 +715,7 @@ func (s *streamer) flushPartialAsync() error {
 		return nil
 	}
 	s.up.mu.Lock()
-	have := s.up.partialLen[s.seg.name()+".partial"]
+	have := s.up.partialLen[s.seg.name()]
 	s.up.mu.Unlock()
 	if s.seg.size <= have {
 		return nil
@@ -686,11 +723,12 @@ func (s *streamer) flushPartialAsync() error {
 	return s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()})
 }
 
-// flushPartial queues a snapshot of the current segment and waits until it
-// is stored.
+// flushPartial stores the current segment as one .partial (its ranges
+// consolidated) and waits until it is stored: at the end of a timeline, at
+// the end position and at shutdown.
 func (s *streamer) flushPartial() error {
 	if s.seg != nil && s.seg.size > 0 {
-		if err := s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end()}); err != nil {
+		if err := s.queue(job{kind: jobPartial, seg: s.seg, snap: s.seg.snapshot(s.seg.size), end: s.seg.end(), fold: true}); err != nil {
 			return err
 		}
 	}

@@ -18,7 +18,7 @@ import (
 type jobKind int
 
 const (
-	jobPartial jobKind = iota // store the first n bytes of seg as NAME.partial
+	jobPartial jobKind = iota // store the first n bytes of seg: ranges (format 3) or NAME.partial
 	jobSegment                // store the complete seg as NAME, drop NAME.partial
 	jobHistory                // store a timeline history file
 	jobBarrier                // nothing to store: closes done when reached
@@ -27,10 +27,13 @@ const (
 // job is one unit of work for the uploader. Jobs are stored in the order
 // they are queued, which is LSN order.
 type job struct {
-	kind    jobKind
-	seg     *segment // immutable fields only (name); bytes via snap
-	snap    snapshot
-	end     LSN // flush position once this job is stored (0: unchanged)
+	kind jobKind
+	seg  *segment // immutable fields only (name); bytes via snap
+	snap snapshot
+	end  LSN // flush position once this job is stored (0: unchanged)
+	// fold, for a partial: store it as one NAME.partial holding the whole
+	// prefix and remove the segment's ranges (end of timeline, shutdown).
+	fold    bool
 	name    string
 	content []byte
 	done    chan struct{}
@@ -47,11 +50,20 @@ type uploader struct {
 	partialPending atomic.Bool
 	advanced       chan struct{} // poked (non-blocking) when flushed moves
 
+	// ranges: the repository is format 3 or newer, so an unfinished
+	// segment is stored as appended ranges; older repositories get whole
+	// .partial objects, which their walkeepers read.
+	ranges atomic.Bool
+
 	mu       sync.Mutex
 	fatalErr error
-	// partialLen remembers how much of a segment a stored .partial holds so
-	// a resumed stream never replaces it with a shorter one.
+	// partialLen remembers, by segment name, how much of a segment the
+	// repository holds unfinished, so a resumed stream never replaces it
+	// with less and stores only what follows.
 	partialLen map[string]int
+	// runs are the ranges of a segment the next consolidation may merge,
+	// by segment name, in order.
+	runs map[string][]rangeRun
 
 	// failure is the failure the uploader is retrying (nil while storing
 	// works), under mu; failingSince (unix nanoseconds, 0: none) and full
@@ -115,6 +127,7 @@ func newUploader(repo *storage.Repository, log *slog.Logger, queue int) *uploade
 		q:          make(chan job, queue),
 		advanced:   make(chan struct{}, 1),
 		partialLen: map[string]int{},
+		runs:       map[string][]rangeRun{},
 	}
 	u.lastStored.Store(time.Now().UnixNano())
 	return u
@@ -269,25 +282,38 @@ func (u *uploader) store(ctx context.Context, j job) error {
 		return nil
 	case jobPartial:
 		defer u.partialPending.Store(false)
-		name := j.seg.name() + ".partial"
+		name := j.seg.name()
 		u.mu.Lock()
 		have := u.partialLen[name]
+		// Never fold fewer bytes than the repository holds: the .partial
+		// would replace a longer prefix.
+		fold := j.fold && u.ranges.Load() && j.snap.n >= have && (j.snap.n > have || len(u.runs[name]) > 0)
 		u.mu.Unlock()
-		if j.snap.n <= have {
-			return nil // the stored partial already holds these bytes
+		if j.snap.n <= have && !fold {
+			return nil // the repository already holds these bytes
 		}
-		key, err := archive.Key(ctx, u.repo, name)
-		if err != nil {
-			return err
-		}
-		if _, err := u.write(ctx, key, j.snap.reader()); err != nil {
-			return err
+		if fold {
+			if err := u.fold(ctx, j); err != nil {
+				return err
+			}
+		} else if u.ranges.Load() {
+			if err := u.storeRange(ctx, j, have); err != nil {
+				return err
+			}
+		} else {
+			key, err := archive.Key(ctx, u.repo, name+".partial")
+			if err != nil {
+				return err
+			}
+			if _, err := u.write(ctx, key, j.snap.reader()); err != nil {
+				return err
+			}
 		}
 		u.mu.Lock()
 		u.partialLen[name] = j.snap.n
 		u.mu.Unlock()
 		u.stats.PartialsStored.Add(1)
-		u.log.Debug("stored partial segment", "segment", name, "bytes", j.snap.n)
+		u.log.Debug("stored partial segment", "segment", name, "from", have, "bytes", j.snap.n)
 		return nil
 	case jobSegment:
 		return u.storeSegment(ctx, j.seg, j.snap)
@@ -351,10 +377,165 @@ func (u *uploader) storeSegment(ctx context.Context, seg *segment, snap snapshot
 		u.log.Warn("could not remove superseded partial segment", "segment", name, "error", err)
 	}
 	u.mu.Lock()
-	delete(u.partialLen, name+".partial")
+	delete(u.partialLen, name)
+	delete(u.runs, name)
 	u.mu.Unlock()
 	seg.release()
 	return nil
+}
+
+// rangeFanout is how many ranges of one level are merged into one range
+// of the next level (see storeRange).
+const rangeFanout = 8
+
+// rangeLevel is the level of a range of size bytes: 0 below 512 bytes
+// (a small commit), then one more for every factor of rangeFanout.
+func rangeLevel(size int) int {
+	l := 0
+	for t := size; t >= 512; t /= rangeFanout {
+		l++
+	}
+	return l
+}
+
+// rangeRun is a stored range a consolidation may merge.
+type rangeRun struct {
+	key      string
+	from, to int
+}
+
+func (r rangeRun) level() int { return rangeLevel(r.to - r.from) }
+
+// storeRange stores the bytes of j's segment from offset from to the end
+// of its snapshot as one range object: what a flush costs is what arrived
+// since the last one. Ranges are then consolidated by size, as levels
+// (rangeLevel: below 512 bytes, below 4 KiB, below 32 KiB, ...), keeping the levels of a
+// segment's ranges non-increasing from its first byte on:
+//
+//   - a new range of a higher level than the ranges before it is stored
+//     together with them, as one range (that costs at most twice the new
+//     range: they are smaller);
+//   - whenever the newest rangeFanout ranges are of one level, they are
+//     merged into one range (written first, then they are deleted).
+//
+// So a segment has at most rangeFanout-1 ranges per level, about 40 for
+// 16 MB of WAL in single small commits, and each byte is stored about once
+// per level. Readers see the same prefix before, during and after a merge
+// (docs/repository-format.md); a merge that fails only leaves more ranges,
+// and the complete segment removes them all.
+func (u *uploader) storeRange(ctx context.Context, j job, from int) error {
+	name := j.seg.name()
+	u.mu.Lock()
+	runs := u.runs[name]
+	u.mu.Unlock()
+	// Absorb the smaller ranges just before this one.
+	k, level := len(runs), rangeLevel(j.snap.n-from)
+	for k > 0 && runs[k-1].level() < level {
+		k--
+		level = rangeLevel(j.snap.n - runs[k].from)
+	}
+	lo := from
+	if k < len(runs) {
+		lo = runs[k].from
+	}
+	key, err := u.writeRange(ctx, j, lo, j.snap.n)
+	if err != nil {
+		return err
+	}
+	u.dropRuns(ctx, name, runs[k:], key)
+	runs = append(runs[:k:k], rangeRun{key: key, from: lo, to: j.snap.n})
+	u.mu.Lock()
+	u.runs[name] = runs
+	u.mu.Unlock()
+	for {
+		n := len(runs)
+		if n < rangeFanout {
+			return nil
+		}
+		tail := runs[n-rangeFanout:]
+		for _, r := range tail {
+			if r.level() != tail[0].level() {
+				return nil
+			}
+		}
+		lo, hi := tail[0].from, tail[len(tail)-1].to
+		key, err := u.writeRange(ctx, j, lo, hi)
+		if err != nil {
+			u.log.Warn("could not consolidate ranges of a partial segment (they stay until the segment is complete)",
+				"segment", name, "error", err)
+			return nil
+		}
+		u.dropRuns(ctx, name, tail, key)
+		runs = append(runs[:n-rangeFanout:n-rangeFanout], rangeRun{key: key, from: lo, to: hi})
+		u.mu.Lock()
+		u.runs[name] = runs
+		u.mu.Unlock()
+	}
+}
+
+// writeRange stores bytes [lo, hi) of j's segment as a range and returns
+// its key.
+func (u *uploader) writeRange(ctx context.Context, j job, lo, hi int) (string, error) {
+	base, err := archive.Key(ctx, u.repo, archive.RangeName(j.seg.tli, j.seg.segno, j.seg.segSize, uint32(lo), uint32(hi)))
+	if err != nil {
+		return "", err
+	}
+	if _, err := u.write(ctx, base, j.snap.section(lo, hi)); err != nil {
+		return "", err
+	}
+	return base + u.repo.Codec().Ext(), nil
+}
+
+// dropRuns deletes ranges a stored range (key) now covers.
+func (u *uploader) dropRuns(ctx context.Context, name string, runs []rangeRun, key string) {
+	keys := make([]string, 0, len(runs))
+	for _, r := range runs {
+		if r.key != key {
+			keys = append(keys, r.key)
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	if err := u.repo.Backend().DeleteMany(ctx, keys); err != nil {
+		u.log.Warn("could not remove consolidated ranges (they stay until the segment is complete)", "segment", name, "error", err)
+	}
+}
+
+// fold stores j's snapshot as the segment's one .partial, then removes
+// the segment's ranges: a timeline's last segment, or the one a stream
+// stops in, is left as one object, as PostgreSQL's tools leave it.
+func (u *uploader) fold(ctx context.Context, j job) error {
+	name := j.seg.name()
+	key, err := archive.Key(ctx, u.repo, name+".partial")
+	if err != nil {
+		return err
+	}
+	if _, err := u.write(ctx, key, j.snap.reader()); err != nil {
+		return err
+	}
+	if err := archive.RemoveRanges(ctx, u.repo, name); err != nil {
+		u.log.Warn("could not remove the ranges of a consolidated partial segment (they stay until the segment is complete)",
+			"segment", name, "error", err)
+	}
+	u.mu.Lock()
+	delete(u.runs, name)
+	u.mu.Unlock()
+	return nil
+}
+
+// resume tells the uploader what the repository holds of the unfinished
+// segment name when a session starts: a prefix of end bytes, made of a
+// partial and ranges (which the next consolidations merge).
+func (u *uploader) resume(name string, end int, ranges []archive.Object) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.partialLen[name] = end
+	runs := make([]rangeRun, 0, len(ranges))
+	for _, r := range ranges {
+		runs = append(runs, rangeRun{key: r.Key, from: int(r.Name.Offset), to: int(r.Name.End)})
+	}
+	u.runs[name] = runs
 }
 
 // storeHistory stores a timeline history file unless the same one is there.

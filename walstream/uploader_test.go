@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,5 +90,80 @@ func TestUploaderSurvivesVanishedObject(t *testing.T) {
 				t.Errorf("flushed %s, want %s", LSN(u.flushed.Load()), tc.job.end)
 			}
 		})
+	}
+}
+
+// TestUploaderRangesStayFewAndExact: in a format-3 repository, 500 small
+// flushes of one segment each store only what arrived, consolidation
+// keeps the segment's ranges below rangeFanout per level, what they hold
+// is exactly the received prefix at every step, and storing the complete
+// segment removes them all.
+func TestUploaderRangesStayFewAndExact(t *testing.T) {
+	const segSize = 1 << 20
+	ctx := context.Background()
+	mem := storage.NewMemory()
+	repo := storage.NewRepository(mem, storage.CodecNone)
+	if _, err := repo.Init(ctx, storage.Config{SystemIdentifier: "1", PGMajorVersion: 15, WALSegmentSize: segSize}); err != nil {
+		t.Fatal(err)
+	}
+	u := newUploader(repo, slog.New(slog.DiscardHandler), 2)
+	u.ranges.Store(true)
+	seg := newSegment(1, LSN(3*segSize), segSize)
+	name := seg.name()
+	received := make([]byte, 0, segSize)
+	for i := range 500 {
+		chunk := bytes.Repeat([]byte{byte(i)}, 100+i%37)
+		seg.append(chunk)
+		received = append(received, chunk...)
+		if err := u.store(ctx, job{kind: jobPartial, seg: seg, snap: seg.snapshot(seg.size), end: seg.end()}); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 != 49 {
+			continue
+		}
+		ix, err := archive.Load(ctx, repo, segSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, ok := ix.PartialOf(1, 3)
+		if !ok {
+			t.Fatal("nothing stored of the segment")
+		}
+		if levels := 4; len(o.Ranges) > levels*(rangeFanout-1) {
+			t.Errorf("after %d flushes: %d ranges", i+1, len(o.Ranges))
+		}
+		f, err := archive.ForFetch(ctx, repo, name+".partial")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := os.CreateTemp(t.TempDir(), "prefix")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Unfinished.WriteTo(ctx, repo, w); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		got, _ := os.ReadFile(w.Name())
+		if !bytes.Equal(got, received) {
+			t.Fatalf("after %d flushes the ranges hold %d bytes, not the %d received", i+1, len(got), len(received))
+		}
+	}
+	// Each byte is written once per level at most: 500 flushes of ~120
+	// bytes are 3 levels of 8.
+	t.Logf("%d flushes of %d bytes stored %d bytes", 500, len(received), u.stats.StoredBytes.Load())
+	if stored, n := u.stats.StoredBytes.Load(), int64(len(received)); stored > 5*n {
+		t.Errorf("stored %d bytes for %d received", stored, n)
+	}
+	seg.append(make([]byte, seg.room()))
+	if err := u.store(ctx, job{kind: jobSegment, seg: seg, snap: seg.snapshot(seg.size), end: seg.end()}); err != nil {
+		t.Fatal(err)
+	}
+	ix, err := archive.Load(ctx, repo, segSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ix.Objects) != 1 || ix.Objects[0].File != name {
+		t.Errorf("after the complete segment: %d objects, want only %s", len(ix.Objects), name)
 	}
 }

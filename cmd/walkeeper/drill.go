@@ -26,7 +26,7 @@ var (
 	drillAmcheckFlag  = &cli.BoolFlag{Name: "amcheck", Value: true, Usage: "check every B-tree index and table with amcheck (--amcheck=false to skip)"}
 	drillCheckSQLFlag = &cli.StringFlag{Name: "check-sql", Usage: "`FILE` of SQL statements run after amcheck; each that returns rows must return at least one"}
 	drillCheckDBFlag  = &cli.StringFlag{Name: "check-database", Value: "postgres", Usage: "database `NAME` the --check-sql statements run in"}
-	drillTimeoutFlag  = &cli.DurationFlag{Name: "timeout", Value: time.Hour, Usage: "longest the recovery may take before the drill fails"}
+	drillTimeoutFlag  = &cli.DurationFlag{Name: "recovery-timeout", Value: time.Hour, Usage: "longest the throwaway server may take to recover before the drill fails"}
 )
 
 func init() {

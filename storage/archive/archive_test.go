@@ -16,7 +16,11 @@ const segSize = 16 << 20
 
 func newRepo(t *testing.T) *storage.Repository {
 	t.Helper()
-	return storage.NewRepository(storage.NewMemory(), storage.CodecZstd)
+	repo := storage.NewRepository(storage.NewMemory(), storage.CodecZstd)
+	if _, err := repo.Init(context.Background(), storage.Config{SystemIdentifier: "1", PGMajorVersion: 15, WALSegmentSize: segSize}); err != nil {
+		t.Fatal(err)
+	}
+	return repo
 }
 
 func put(t *testing.T, repo *storage.Repository, file, content string) {
@@ -247,7 +251,7 @@ func TestForFetch(t *testing.T) {
 	if err := archive.RemovePartials(ctx, repo, "000000010000000000000002"); err != nil {
 		t.Fatal(err)
 	}
-	if s, _ := archive.LookupSegment(ctx, repo, "000000010000000000000002"); !s.HasComplete || s.HasPartial {
+	if s, _ := archive.LookupSegment(ctx, repo, "000000010000000000000002", segSize); !s.HasComplete || s.Unfinished.Stored() {
 		t.Errorf("after RemovePartials: %+v", s)
 	}
 	ok, err := archive.Reaches(ctx, repo, 1, 3, segSize, 0x3000000+10)
@@ -307,7 +311,7 @@ func TestNameRoundTrip(t *testing.T) {
 
 func FuzzParseName(f *testing.F) {
 	for _, s := range []string{"000000010000000000000001", "0000000A0000000000000003.partial", "0000000B.history",
-		"000000010000000000000002.00000028.backup", "junk"} {
+		"000000010000000000000002.00000028.backup", "000000010000000000000002.00001000-00002000.range", "junk"} {
 		f.Add(s, uint8(24))
 	}
 	f.Fuzz(func(t *testing.T, s string, shift uint8) {

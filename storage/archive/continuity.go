@@ -53,7 +53,7 @@ func (ix *Index) EndOn(p Path) End {
 func (ix *Index) FirstOn(p Path, from uint64) (seg uint64, found bool) {
 	for _, o := range ix.Objects {
 		n := o.Name
-		if (n.Kind == Segment || n.Kind == Partial) && n.Seg >= from && ix.onPath(p, n.TLI, n.Seg) && (!found || n.Seg < seg) {
+		if n.Kind.isWAL() && n.Seg >= from && ix.onPath(p, n.TLI, n.Seg) && (!found || n.Seg < seg) {
 			seg, found = n.Seg, true
 		}
 	}
@@ -142,17 +142,22 @@ func (ix *Index) Target(ctx context.Context, repo *storage.Repository, p Path) (
 	last := p.Last()
 	begin := uint64(last.Begin) / ix.SegSize
 	for _, o := range ix.Objects {
-		if (o.Name.Kind == Segment || o.Name.Kind == Partial) && o.Name.TLI == last.TLI && o.Name.Seg >= begin {
+		if o.Name.Kind.isWAL() && o.Name.TLI == last.TLI && o.Name.Seg >= begin {
 			return r, nil // the last timeline has WAL of its own
 		}
 	}
 	tail, found := uint64(0), false
 	for _, o := range ix.Objects {
 		n := o.Name
-		if n.Kind != Segment && n.Kind != Partial || n.TLI == last.TLI || !p.Has(n.TLI) || n.Seg < begin {
+		if !n.Kind.isWAL() || n.TLI == last.TLI || !p.Has(n.TLI) || n.Seg < begin {
 			continue
 		}
-		if n.Kind == Partial && n.Seg == begin {
+		if n.Kind == Range && n.Seg == begin {
+			if po, ok := ix.PartialOf(n.TLI, n.Seg); ok && po.Key != o.Key {
+				continue // judged with its segment's partial
+			}
+		}
+		if (n.Kind == Partial || n.Kind == Range) && n.Seg == begin {
 			end, err := PartialEnd(ctx, repo, o, ix.SegSize)
 			if err != nil {
 				return r, err

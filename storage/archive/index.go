@@ -19,6 +19,19 @@ type Object struct {
 	File string
 	// Name is File parsed; Kind Other for names walkeeper does not know.
 	Name Name
+	// Ranges, on the object the index answers for an unfinished segment
+	// (its .partial, or without one its first range): the segment's
+	// ranges, by first byte.
+	Ranges []Object
+}
+
+// Unfinished is what the object stands for as an unfinished segment.
+func (o Object) Unfinished() Unfinished {
+	u := Unfinished{Ranges: o.Ranges}
+	if o.Name.Kind == Partial {
+		u.Base, u.HasBase = o.ObjectInfo, true
+	}
+	return u
 }
 
 type segKey struct {
@@ -40,8 +53,10 @@ type Index struct {
 	// From is the lowest segment number listed (0: everything).
 	From uint64
 	// Objects is every listed object, in key order.
-	Objects   []Object
-	segments  map[segKey]int // index into Objects
+	Objects  []Object
+	segments map[segKey]int // index into Objects
+	// partials holds each unfinished segment: its .partial, or without
+	// one its first range (Object.Ranges lists the ranges).
 	partials  map[segKey]int
 	histories map[uint32]int
 	// Graph is built from the history files that could be read.
@@ -188,15 +203,34 @@ func (ix *Index) reindex() {
 	clear(ix.segments)
 	clear(ix.partials)
 	clear(ix.histories)
+	ranges := map[segKey][]Object{}
 	for i, o := range ix.Objects {
+		k := segKey{o.Name.TLI, o.Name.Seg}
+		ix.Objects[i].Ranges = nil
 		switch o.Name.Kind {
 		case Segment:
-			ix.segments[segKey{o.Name.TLI, o.Name.Seg}] = i
+			ix.segments[k] = i
 		case Partial:
-			ix.partials[segKey{o.Name.TLI, o.Name.Seg}] = i
+			ix.partials[k] = i
+		case Range:
+			ranges[k] = append(ranges[k], o)
 		case History:
 			ix.histories[o.Name.TLI] = i
 		}
+	}
+	for k, rs := range ranges {
+		sortRanges(rs)
+		i, ok := ix.partials[k]
+		if !ok {
+			for j, o := range ix.Objects {
+				if o.Name.Kind == Range && o.Name.TLI == k.tli && o.Name.Seg == k.seg && o.Key == rs[0].Key {
+					i = j
+					break
+				}
+			}
+			ix.partials[k] = i
+		}
+		ix.Objects[i].Ranges = rs
 	}
 }
 
@@ -288,15 +322,17 @@ func (ix *Index) HistoryObject(tli uint32) (Object, bool) {
 	return ix.Objects[i], true
 }
 
-// Counts returns how many complete segments and partials the index holds.
+// Counts returns how many complete segments and unfinished segments (a
+// .partial, ranges or both) the index holds.
 func (ix *Index) Counts() (segments, partials int) { return len(ix.segments), len(ix.partials) }
 
-// PartialEnd is the position just after the last byte a stored partial
-// holds (it reads the object's trailer).
+// PartialEnd is the position just after the last byte of the prefix an
+// unfinished segment's object (PartialOf, End.Object) and its ranges hold:
+// it reads the partial's trailer, the ranges' names say the rest.
 func PartialEnd(ctx context.Context, repo *storage.Repository, o Object, segSize uint64) (LSN, error) {
-	m, err := repo.Meta(ctx, o.Key)
+	end, err := o.Unfinished().End(ctx, repo)
 	if err != nil {
 		return 0, err
 	}
-	return LSN(o.Name.Seg*segSize + uint64(m.Size)), nil
+	return LSN(o.Name.Seg*segSize + uint64(end)), nil
 }

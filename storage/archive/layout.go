@@ -12,10 +12,11 @@ import (
 // version (walkeeper.json's format_version):
 //
 //	format 1  wal/<name>                         every file in one directory
-//	format 2  wal/<TTTTTTTTXXXXXXXX>/<name>      segments, partials and backup
-//	                                             history files, grouped by timeline
-//	                                             and 4 GB of WAL (the first 16
-//	                                             digits of the name)
+//	format 2  wal/<TTTTTTTTXXXXXXXX>/<name>      segments, partials, backup
+//	                                             history files (and, format 3,
+//	                                             ranges) grouped by timeline and
+//	                                             4 GB of WAL (the first 16 digits
+//	                                             of the name)
 //	          wal/<TTTTTTTT>.history             timeline history files stay
 //	                                             at the top in every format
 //
@@ -53,7 +54,7 @@ const groupLen = 16
 func (l Layout) Key(name string) string {
 	if l.grouped {
 		switch KindOf(name) {
-		case Segment, Partial, BackupLabel:
+		case Segment, Partial, BackupLabel, Range:
 			return storage.WALPrefix + name[:groupLen] + "/" + name
 		}
 	}

@@ -17,6 +17,9 @@ const (
 	Partial                 // 000000010000000000000003.partial
 	History                 // 00000002.history
 	BackupLabel             // 000000010000000000000003.00000028.backup
+	// Range is an appended range of an unfinished segment (format 3): the
+	// bytes from offset 0x00A10000 to 0x00A10400 of the segment.
+	Range // 000000010000000000000003.00A10000-00A10400.range
 )
 
 func (k Kind) String() string {
@@ -29,18 +32,31 @@ func (k Kind) String() string {
 		return "history file"
 	case BackupLabel:
 		return "backup history file"
+	case Range:
+		return "appended range"
 	}
 	return "other"
 }
 
+// isWAL reports whether the kind holds WAL: a segment, complete or
+// unfinished (a partial or a range).
+func (k Kind) isWAL() bool { return k == Segment || k == Partial || k == Range }
+
+// HoldsWAL reports whether the kind holds WAL of a segment: a complete
+// segment, a partial or a range.
+func (k Kind) HoldsWAL() bool { return k.isWAL() }
+
 // Name is a parsed WAL file name. Seg is the segment number (bytes from
 // the start of WAL divided by the segment size) for segments, partials and
-// backup labels; Offset is a backup label's start offset in its segment.
+// backup labels and ranges; Offset is a backup label's start offset in its
+// segment, or a range's first byte; End is the offset just after a range's
+// last byte.
 type Name struct {
 	Kind   Kind
 	TLI    uint32
 	Seg    uint64
 	Offset uint32
+	End    uint32
 }
 
 // SegmentName is PostgreSQL's file name for segment seg of timeline tli
@@ -53,6 +69,15 @@ func SegmentName(tli uint32, seg, segSize uint64) string {
 // HistoryName is the file name of timeline tli's history file.
 func HistoryName(tli uint32) string { return fmt.Sprintf("%08X.history", tli) }
 
+// RangeName is the file name of the range of segment seg of timeline tli
+// holding the bytes at offsets [from, to) of the segment. The names of a
+// segment's ranges start with the segment's name and a dot, so one listing
+// of that prefix finds them (and nothing of another segment), and they
+// sort by their first byte.
+func RangeName(tli uint32, seg, segSize uint64, from, to uint32) string {
+	return fmt.Sprintf("%s.%08X-%08X.range", SegmentName(tli, seg, segSize), from, to)
+}
+
 // File is the file name of n: the inverse of ParseName.
 func (n Name) File(segSize uint64) string {
 	switch n.Kind {
@@ -64,6 +89,8 @@ func (n Name) File(segSize uint64) string {
 		return HistoryName(n.TLI)
 	case BackupLabel:
 		return fmt.Sprintf("%s.%08X.backup", SegmentName(n.TLI, n.Seg, segSize), n.Offset)
+	case Range:
+		return RangeName(n.TLI, n.Seg, segSize, n.Offset, n.End)
 	}
 	return ""
 }
@@ -83,6 +110,9 @@ func KindOf(s string) Kind {
 	case len(s) == 24+1+8+len(".backup") && s[24] == '.' && strings.HasSuffix(s, ".backup") &&
 		isUpperHex(s[:24]) && isUpperHex(s[25:33]):
 		return BackupLabel
+	case len(s) == 24+1+8+1+8+len(".range") && s[24] == '.' && s[33] == '-' && strings.HasSuffix(s, ".range") &&
+		isUpperHex(s[:24]) && isUpperHex(s[25:33]) && isUpperHex(s[34:42]):
+		return Range
 	}
 	return Other
 }
@@ -117,9 +147,17 @@ func ParseName(s string, segSize uint64) (Name, error) {
 		return n, fmt.Errorf("%q names timeline 0, which does not exist", s)
 	}
 	n.TLI, n.Seg = uint32(t), hi*perID+lo
-	if n.Kind == BackupLabel {
+	switch n.Kind {
+	case BackupLabel:
 		off, _ := strconv.ParseUint(s[25:33], 16, 32)
 		n.Offset = uint32(off)
+	case Range:
+		from, _ := strconv.ParseUint(s[25:33], 16, 32)
+		to, _ := strconv.ParseUint(s[34:42], 16, 32)
+		if from >= to || to > segSize {
+			return n, fmt.Errorf("%q is not a range of a %d-byte segment (it must hold at least one byte, and end within the segment)", s, segSize)
+		}
+		n.Offset, n.End = uint32(from), uint32(to)
 	}
 	return n, nil
 }
