@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,20 +15,21 @@ import (
 )
 
 // BenchmarkStream1GB measures catching up on at least 1 GB of pgbench WAL
-// held by replication slots: walkeeper (zstd and lz4, into a local
-// repository) against pg_receivewal (uncompressed, lz4, gzip), one after
+// held by replication slots: walkeeper (zstd, lz4 and none, into a local
+// repository; also the WALKEEPER_BENCH_BASELINE binary) against
+// pg_receivewal (uncompressed, lz4, gzip), one after
 // the other so they do not share the CPU. It reports MB/s, CPU seconds per
 // GB and peak RSS of each. A slot per tool holds the WAL; every run streams
 // from a copy of it, so -count repeats measure the same work.
+// WALKEEPER_BENCH_PROFILE_DIR=DIR writes a CPU profile of each walkeeper
+// run there (DIR/walkeeper-zstd.pprof, ...).
 //
 //	make bench   (or: go test -run '^$' -bench Stream1GB -benchtime 1x ./test/)
 func BenchmarkStream1GB(b *testing.B) {
-	bin := filepath.Join(b.TempDir(), "walkeeper")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/walkeeper").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin, before := benchBinaries(b, b.TempDir())
 	c := harness.StartCluster(b, harness.ClusterOptions{Name: "bench-stream", ExtraConf: map[string]string{
 		"max_wal_size": "4GB", "checkpoint_timeout": "30min", "shared_buffers": "256MB",
+		"max_replication_slots": "20", "max_wal_senders": "20",
 	}})
 	runs := []struct {
 		name string
@@ -46,9 +48,21 @@ func BenchmarkStream1GB(b *testing.B) {
 		{"walkeeper-zstd", "wk_zstd", func(dir, end, slot string) (string, []string) {
 			return bin, []string{"stream", "--repo", dir, "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
 		}},
-		{"walkeeper-lz4", "wk_lz4", func(dir, end, slot string) (string, []string) {
-			return bin, []string{"stream", "--repo", dir, "--compression", "lz4", "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
-		}},
+	}
+	// walkeeper with each codec, and the baseline binary the same way.
+	for _, w := range []struct{ name, bin string }{{"walkeeper", bin}, {"walkeeper-before", before}} {
+		if w.bin == "" {
+			continue
+		}
+		for _, codec := range []string{"zstd", "lz4", "none"} {
+			runs = append(runs, struct {
+				name string
+				slot string
+				args func(dir, endpos, slot string) (string, []string)
+			}{w.name + "-" + codec, strings.ReplaceAll(w.name, "-", "_") + "_" + codec, func(dir, end, slot string) (string, []string) {
+				return w.bin, []string{"stream", "--repo", dir, "--compression", codec, "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
+			}})
+		}
 	}
 	for _, r := range runs {
 		c.Exec(b, fmt.Sprintf("SELECT pg_create_physical_replication_slot('%s', true)", r.slot))
@@ -77,7 +91,12 @@ func BenchmarkStream1GB(b *testing.B) {
 					cmd = c.Command(context.Background(), path, args...)
 				}
 				cmd.Env = append(cmd.Environ(), "WALKEEPER_LOG_LEVEL=warn")
+				if p := os.Getenv("WALKEEPER_BENCH_PROFILE_DIR"); p != "" && filepath.Base(path) != "pg_receivewal" {
+					cmd.Env = append(cmd.Env, "WALKEEPER_CPU_PROFILE="+filepath.Join(p, r.name+".pprof"))
+				}
 				m := measure(b, r.name, cmd, dir)
+				benchRecord("stream cpu-s/GB", r.name, m.cpu.Seconds()/(walMB/1000))
+				benchRecord("stream stored/WAL", r.name, m.storedMB/walMB)
 				b.ReportMetric(walMB/m.wall.Seconds(), "MB/s")
 				b.ReportMetric(m.cpu.Seconds()/(walMB/1000), "cpu-s/GB")
 				b.ReportMetric(m.rssMB, "peak-RSS-MB")
