@@ -44,6 +44,9 @@ type Options struct {
 	WALTimeout time.Duration
 	// ConnectTimeout bounds connecting (default 10s).
 	ConnectTimeout time.Duration
+	// ChunkSize is the most tar bytes one chunk of a tablespace archive
+	// holds, unless one file alone is larger (default DefaultChunkSize).
+	ChunkSize int64
 	// Progress, when set, is called as data arrives with the bytes sent so
 	// far and the server's estimate of the total.
 	Progress func(done, total int64)
@@ -65,6 +68,9 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = DefaultChunkSize
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -184,8 +190,9 @@ type backup struct {
 	lock    *storage.Lock
 	ctx     context.Context
 
-	cur      *storage.Writer
-	curName  string
+	oq       *objectQueue
+	split    *tarSplitter // the current tablespace archive's; nil for the manifest
+	chunks   map[string][]string
 	objects  []Object
 	failures []ChecksumFailure
 	total    int64 // server's estimate, bytes
@@ -193,6 +200,8 @@ type backup struct {
 
 func (b *backup) run(ctx context.Context) (*Meta, error) {
 	b.ctx = ctx
+	b.oq = newObjectQueue(ctx, b.opts.Repo, b.id)
+	b.chunks = map[string][]string{}
 	start := time.Now().UTC()
 	label := b.opts.Label
 	if label == "" {
@@ -223,10 +232,21 @@ func (b *backup) run(ctx context.Context) (*Meta, error) {
 		err = b.closeCurrent()
 	}
 	if err != nil {
-		if b.cur != nil {
-			b.cur.Abort()
-		}
+		b.oq.abort(err)
+	}
+	objects, werr := b.oq.wait()
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
 		return nil, err
+	}
+	b.objects = objects
+	for i := range res.tablespaces {
+		res.tablespaces[i].Chunks = b.chunks[res.tablespaces[i].Archive]
+	}
+	for _, o := range objects {
+		b.log.Debug("stored object", "name", o.Name, "size", o.Size, "stored_size", o.StoredSize, "files", o.Files)
 	}
 	if res.checksumError != nil || len(b.failures) > 0 {
 		b.log.Warn("the server found page checksum failures: the backup copies the damaged pages as they are; check the listed files",
@@ -242,7 +262,7 @@ func (b *backup) run(ctx context.Context) (*Meta, error) {
 		}
 	}
 	meta := &Meta{
-		FormatVersion: storage.FormatVersion, ID: b.id, Label: label, StartTime: start, StopTime: stop,
+		FormatVersion: storage.FormatVersion, ArchiveLayout: LayoutChunked, ID: b.id, Label: label, StartTime: start, StopTime: stop,
 		StartLSN: res.startLSN.String(), StopLSN: res.stopLSN.String(), Timeline: res.startTLI, StopTimeline: res.stopTLI,
 		SystemIdentifier: b.sys.SystemID, ServerVersion: b.sys.ServerVersion, WALSegmentSize: b.sys.SegSize,
 		FromStandby: b.sys.InRecovery, WAL: b.walMode, Compression: b.opts.Repo.Codec().String(),
@@ -308,31 +328,45 @@ func (b *backup) archive(name, tsPath string) error {
 		return fmt.Errorf("the server sent an unexpected archive name %q", name)
 	}
 	b.log.Debug("archive", "name", name, "tablespace", tsPath)
-	return b.open(name)
+	seq := 0
+	next := func() error {
+		chunk := ChunkName(name, seq)
+		seq++
+		b.chunks[name] = append(b.chunks[name], chunk)
+		return b.oq.start(chunk, name)
+	}
+	b.split = &tarSplitter{
+		limit: b.opts.ChunkSize,
+		emit:  b.oq.write,
+		file:  b.oq.countFile,
+		cut: func() error {
+			if err := b.oq.write(endOfArchive); err != nil {
+				return err
+			}
+			if err := b.oq.finish(); err != nil {
+				return err
+			}
+			return next()
+		},
+	}
+	return next()
 }
 
 func (b *backup) manifest() error {
 	if err := b.closeCurrent(); err != nil {
 		return err
 	}
-	return b.open("backup_manifest")
-}
-
-func (b *backup) open(name string) error {
-	w, err := b.opts.Repo.Create(b.ctx, storage.BackupKey(b.id, name))
-	if err != nil {
-		return err
-	}
-	b.cur, b.curName = w, name
-	return nil
+	return b.oq.start("backup_manifest", "")
 }
 
 func (b *backup) data(p []byte) error {
-	if b.cur == nil {
+	if b.oq.cur == nil {
 		return errors.New("the server sent data before naming an archive")
 	}
-	_, err := b.cur.Write(p)
-	return err
+	if b.split != nil {
+		return b.split.write(p)
+	}
+	return b.oq.write(p)
 }
 
 func (b *backup) progress(done int64) {
@@ -350,20 +384,20 @@ func (b *backup) notice(severity, message string) {
 	b.log.Info("server: "+message, "severity", severity)
 }
 
+// closeCurrent ends the current object, which completes in the background.
 func (b *backup) closeCurrent() error {
-	if b.cur == nil {
-		return nil
+	if sp := b.split; sp != nil {
+		b.split = nil
+		if !sp.ended && (sp.content > 0 || sp.nhdr > 0) {
+			return errors.New("the server's tar archive ended in the middle of an entry")
+		}
+		if !sp.ended { // PostgreSQL 15+ leaves the end-of-archive blocks to the client
+			if err := b.oq.write(endOfArchive); err != nil {
+				return err
+			}
+		}
 	}
-	w := b.cur
-	b.cur = nil
-	m, err := w.Close()
-	if err != nil {
-		return fmt.Errorf("store %s: %w", b.curName, err)
-	}
-	key := storage.BackupKey(b.id, b.curName) + b.opts.Repo.Codec().Ext()
-	b.objects = append(b.objects, Object{Name: b.curName, Key: key, Size: m.Size, StoredSize: m.StoredSize, SHA256: m.Hex()})
-	b.log.Info("stored archive", "name", b.curName, "size", m.Size, "stored_size", m.StoredSize)
-	return nil
+	return b.oq.finish()
 }
 
 func validArchiveName(name string) bool {

@@ -25,11 +25,29 @@ type Object struct {
 	StoredSize int64 `json:"stored_size"`
 	// SHA256 is the checksum of the stored bytes (see storage.Meta).
 	SHA256 string `json:"sha256"`
+	// Archive is, for a chunk (archive_layout 2), the tablespace archive it
+	// is part of (base.tar, 16384.tar); Files is the regular files in it.
+	Archive string `json:"archive,omitempty"`
+	Files   int    `json:"files,omitempty"`
 }
+
+// Archive layouts (backup.json archive_layout).
+const (
+	// LayoutSingle: one tar object per tablespace (backups written before
+	// the field existed; archive_layout absent).
+	LayoutSingle = 1
+	// LayoutChunked: each tablespace's tar cut at entry boundaries into
+	// chunks, each a complete tar and its own object, listed in order in
+	// the tablespace's "chunks".
+	LayoutChunked = 2
+)
 
 // Meta is backup.json, written last: its presence marks the backup complete.
 type Meta struct {
-	FormatVersion    int               `json:"format_version"`
+	FormatVersion int `json:"format_version"`
+	// ArchiveLayout is how the tablespaces are stored (LayoutSingle when
+	// absent, LayoutChunked).
+	ArchiveLayout    int               `json:"archive_layout,omitempty"`
 	ID               string            `json:"id"`
 	Label            string            `json:"label"`
 	StartTime        time.Time         `json:"start_time"`
@@ -165,4 +183,23 @@ func List(ctx context.Context, repo *storage.Repository) ([]Info, error) {
 		return out[i].ID < out[j].ID
 	})
 	return out, nil
+}
+
+// Layout is the backup's archive layout, LayoutSingle for backups written
+// before backup.json recorded it.
+func (m *Meta) Layout() int {
+	if m.ArchiveLayout == 0 {
+		return LayoutSingle
+	}
+	return m.ArchiveLayout
+}
+
+// Files is the regular files of all chunks (0 for LayoutSingle, which does
+// not count them).
+func (m *Meta) Files() int64 {
+	var n int64
+	for _, o := range m.Objects {
+		n += int64(o.Files)
+	}
+	return n
 }

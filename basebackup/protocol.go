@@ -49,6 +49,9 @@ type Tablespace struct {
 	SizeKB int64 `json:"-"`
 	// Archive is the name of the tablespace's archive.
 	Archive string `json:"archive"`
+	// Chunks are the objects (by name) the archive is stored in, in order
+	// (archive_layout 2; empty before).
+	Chunks []string `json:"chunks,omitempty"`
 }
 
 // result is what the server reports around the archives.

@@ -1,6 +1,7 @@
 package basebackup
 
 import (
+	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,6 +35,7 @@ const (
 	ProblemBadBackupJSON  = "bad-backup-json"   // backup.json cannot be read
 	ProblemIncomplete     = "incomplete-backup" // a backup directory without backup.json
 	ProblemBadManifest    = "bad-manifest"      // backup_manifest is not a manifest listing files
+	ProblemBadChunk       = "bad-chunk"         // an archive chunk that is not a complete tar of the files backup.json counts
 	ProblemMissingWAL     = "missing-wal"       // a gap in the WAL a backup needs
 	ProblemMissingHistory = "missing-history"   // WAL on timeline T > 1 without T.history
 	ProblemBadHistory     = "bad-history"       // a history file that does not parse
@@ -170,6 +172,9 @@ type readCheck struct {
 	size     int64   // stored size from the listing
 	want     *Object // what backup.json says of it
 	manifest bool
+	// chunk: the object is a chunk of a tablespace archive (archive_layout
+	// 2), read as a tar to its end.
+	chunk bool
 	// sysID is the backup's system identifier (backup.json), which a
 	// version 2 manifest (PostgreSQL 17+) must repeat.
 	sysID string
@@ -261,8 +266,10 @@ func (v *verifier) checkBackup(ctx context.Context, b Info, objs []storage.Objec
 				v.problem(ProblemMissingObject, o.Key, "backup %s lists %s, but it is not stored", b.ID, o.Name)
 				continue
 			}
-			v.need(readCheck{key: o.Key, size: info.Size, want: o, manifest: o.Name == "backup_manifest", sysID: b.Meta.SystemIdentifier})
+			v.need(readCheck{key: o.Key, size: info.Size, want: o, manifest: o.Name == "backup_manifest",
+				chunk: o.Archive != "" && b.Meta.Layout() == LayoutChunked, sysID: b.Meta.SystemIdentifier})
 		}
+		v.checkChunkList(b)
 		if err := v.checkBackupWAL(ctx, b); err != nil {
 			return err
 		}
@@ -273,6 +280,41 @@ func (v *verifier) checkBackup(ctx context.Context, b Info, objs []storage.Objec
 		}
 	}
 	return nil
+}
+
+// checkChunkList checks that every tablespace's chunks are objects of the
+// backup, and every chunk belongs to the tablespace that lists it.
+func (v *verifier) checkChunkList(b Info) {
+	m := b.Meta
+	byName := map[string]*Object{}
+	for i := range m.Objects {
+		byName[m.Objects[i].Name] = &m.Objects[i]
+	}
+	key := storage.BackupMetaKey(b.ID)
+	listed := map[string]bool{}
+	for _, ts := range m.Tablespaces {
+		names := ts.Chunks
+		if m.Layout() == LayoutSingle {
+			names = []string{ts.Archive}
+		} else if len(names) == 0 {
+			v.problem(ProblemBadBackupJSON, key, "tablespace archive %s lists no chunks", ts.Archive)
+		}
+		for _, n := range names {
+			o, ok := byName[n]
+			switch {
+			case !ok:
+				v.problem(ProblemBadBackupJSON, key, "tablespace archive %s names %s, which is not among the backup's objects", ts.Archive, n)
+			case m.Layout() == LayoutChunked && o.Archive != ts.Archive:
+				v.problem(ProblemBadBackupJSON, key, "chunk %s belongs to %q, but tablespace archive %s lists it", n, o.Archive, ts.Archive)
+			}
+			listed[n] = true
+		}
+	}
+	for _, o := range m.Objects {
+		if o.Archive != "" && !listed[o.Name] {
+			v.problem(ProblemBadBackupJSON, key, "chunk %s of %s is listed by no tablespace: restore would leave its files out", o.Name, o.Archive)
+		}
+	}
 }
 
 // firstWALSegment is the first segment the complete backups among infos
@@ -450,6 +492,20 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 				m.sysID, c.sysID)
 		}
 	}
+	if c.chunk {
+		files, err := tarFiles(r)
+		if err != nil {
+			if errors.Is(err, storage.ErrCorrupt) || r.CheckStored() != nil {
+				v.readProblem(c.key, fmt.Errorf("%s: %w: %w", c.key, storage.ErrCorrupt, err))
+			} else if ctx.Err() == nil {
+				v.problem(ProblemBadChunk, c.key, "not a complete tar archive: %v", err)
+			}
+			return ctx.Err()
+		}
+		if files != c.want.Files {
+			v.problem(ProblemBadChunk, c.key, "holds %d files, backup.json says %d", files, c.want.Files)
+		}
+	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -478,6 +534,28 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 		}
 	}
 	return nil
+}
+
+// tarFiles reads a tar archive to its end and counts its regular files
+// (with the backup's own rule: typeflags '0', NUL and '7').
+func tarFiles(r io.Reader) (int, error) {
+	tr := tar.NewReader(r)
+	n := 0
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeCont {
+			n++
+		}
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			return n, err
+		}
+	}
 }
 
 // manifestSummary is what verify reads from a backup_manifest.

@@ -139,6 +139,55 @@ func storeBackup(t *testing.T, repo *storage.Repository, id string, archives map
 	}
 }
 
+// splitTar cuts a tar archive before its n'th entry into two complete
+// archives.
+func splitTar(t *testing.T, archive []byte, n int) (first, second []byte) {
+	t.Helper()
+	var a, b bytes.Buffer
+	ta, tb := tar.NewWriter(&a), tar.NewWriter(&b)
+	tr := tar.NewReader(bytes.NewReader(archive))
+	for i := 0; ; i++ {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		tw := ta
+		if i >= n {
+			tw = tb
+		}
+		tw.WriteHeader(h)
+		io.Copy(tw, tr)
+	}
+	ta.Close()
+	tb.Close()
+	return a.Bytes(), b.Bytes()
+}
+
+// storeChunkedBackup is storeBackup for archive_layout 2: the archives
+// are chunks named <stem>.<seq>.tar, listed by the tablespaces.
+func storeChunkedBackup(t *testing.T, repo *storage.Repository, id string, archives map[string][]byte, tablespaces []basebackup.Tablespace) {
+	t.Helper()
+	storeBackup(t, repo, id, archives, tablespaces)
+	var meta basebackup.Meta
+	if err := repo.ReadJSON(context.Background(), storage.BackupMetaKey(id), &meta); err != nil {
+		t.Fatal(err)
+	}
+	meta.ArchiveLayout = basebackup.LayoutChunked
+	for i, o := range meta.Objects {
+		for _, ts := range tablespaces {
+			if slices.Contains(ts.Chunks, o.Name) {
+				meta.Objects[i].Archive = ts.Archive
+			}
+		}
+	}
+	if err := repo.WriteJSON(context.Background(), storage.BackupMetaKey(id), meta); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRestoreCrashAfterCompleteLosesNothing: a restore makes every file it
 // writes, and every directory whose entries it changed, durable before it
 // creates global/pg_control, then makes pg_control and global/ durable. A
@@ -146,6 +195,14 @@ func storeBackup(t *testing.T, repo *storage.Repository, id string, archives map
 // page cache never wrote. Every entry in the restored tree went through the
 // recorded writer, so nothing escapes the check.
 func TestRestoreCrashAfterCompleteLosesNothing(t *testing.T) {
+	t.Run("one-tar-per-tablespace", func(t *testing.T) { crashSafeRestore(t, false) })
+	t.Run("chunked", func(t *testing.T) { crashSafeRestore(t, true) })
+}
+
+// crashSafeRestore is TestRestoreCrashAfterCompleteLosesNothing for one
+// archive layout: chunked cuts base.tar into two chunks restored in
+// parallel.
+func crashSafeRestore(t *testing.T, chunked bool) {
 	repo, _, ctx := archivetest.Repo(t)
 	parent := t.TempDir()
 	target := filepath.Join(parent, "new", "data") // two levels to create
@@ -175,8 +232,18 @@ func TestRestoreCrashAfterCompleteLosesNothing(t *testing.T) {
 		tar.Header{Name: "PG_15_202209061/5/", Typeflag: tar.TypeDir},
 		tar.Header{Name: "PG_15_202209061/5/16390", Typeflag: tar.TypeReg, Size: 64 << 10},
 	)
-	storeBackup(t, repo, "20260101T000000Z", map[string][]byte{"base.tar": base, "16385.tar": ts, "backup_manifest": []byte("{}")},
-		[]basebackup.Tablespace{{Archive: "base.tar"}, {OID: "16385", Location: oldTS, Archive: "16385.tar"}})
+	if chunked {
+		// The base archive in two chunks cut at an entry; the second
+		// holds files of directories the first creates.
+		first, second := splitTar(t, base, 4)
+		storeChunkedBackup(t, repo, "20260101T000000Z",
+			map[string][]byte{"base.00000.tar": first, "base.00001.tar": second, "16385.00000.tar": ts, "backup_manifest": []byte("{}")},
+			[]basebackup.Tablespace{{Archive: "base.tar", Chunks: []string{"base.00000.tar", "base.00001.tar"}},
+				{OID: "16385", Location: oldTS, Archive: "16385.tar", Chunks: []string{"16385.00000.tar"}}})
+	} else {
+		storeBackup(t, repo, "20260101T000000Z", map[string][]byte{"base.tar": base, "16385.tar": ts, "backup_manifest": []byte("{}")},
+			[]basebackup.Tablespace{{Archive: "base.tar"}, {OID: "16385", Location: oldTS, Archive: "16385.tar"}})
+	}
 
 	me, err := user.Current()
 	if err != nil {
@@ -184,7 +251,7 @@ func TestRestoreCrashAfterCompleteLosesNothing(t *testing.T) {
 	}
 	rec := &recordingFS{}
 	_, err = Run(ctx, Options{Repo: repo, TargetDir: target, Owner: me.Username, TablespaceMap: map[string]string{oldTS: newTS},
-		Recovery: Recovery{RestoreCommand: "true"}, fs: rec})
+		Recovery: Recovery{RestoreCommand: "true"}, Parallel: 3, fs: rec})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,8 @@ type extractor struct {
 	// links are the symbolic links this extractor created: nothing may be
 	// written through them.
 	links map[string]bool
+	// wrote, when set, is called after each regular file is written.
+	wrote func()
 }
 
 // ErrUnsafeArchive marks an archive entry that would escape the target.
@@ -84,7 +86,15 @@ func (x *extractor) mkdirAll(rel string) error {
 	case err == nil:
 		return x.unsafe(rel, "a directory is expected where another entry exists")
 	}
-	return x.dd.mkdir(p)
+	err = x.dd.mkdir(p)
+	if os.IsExist(err) {
+		// Another chunk's extractor created it in the meantime.
+		if st, serr := os.Lstat(p); serr == nil && st.IsDir() {
+			return nil
+		}
+		return x.unsafe(rel, "a directory is expected where another entry exists")
+	}
+	return err
 }
 
 // extract reads the whole archive.
@@ -128,6 +138,9 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	case tar.TypeReg:
 		if x.hold != nil {
 			held, err := x.hold(rel, r)
+			if held && err == nil && x.wrote != nil {
+				x.wrote()
+			}
 			if held || err != nil {
 				return err
 			}
@@ -147,7 +160,13 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 			x.dd.abort(f)
 			return fmt.Errorf("write %s: %w", target, err)
 		}
-		return x.dd.commit(f, target)
+		if err := x.dd.commit(f, target); err != nil {
+			return err
+		}
+		if x.wrote != nil {
+			x.wrote()
+		}
+		return nil
 	case tar.TypeSymlink:
 		dest := h.Linkname
 		resolved := dest

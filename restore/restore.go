@@ -9,11 +9,16 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/walkeeper/walkeeper/basebackup"
 	"github.com/walkeeper/walkeeper/internal/replication"
@@ -36,8 +41,12 @@ type Options struct {
 	Owner string
 	// TablespaceMap relocates tablespaces: old location → new location.
 	TablespaceMap map[string]string
-	// Parallel is how many archives are restored at once (default 4).
+	// Parallel is how many archives (chunks) are downloaded, decompressed
+	// and extracted at once (default: the number of CPUs).
 	Parallel int
+	// Progress, when set, is called as the restore advances (from several
+	// goroutines; it must be safe for that).
+	Progress func(Progress)
 	// Recovery is what to write into the data directory for startup.
 	Recovery Recovery
 	// RepoDir is a local repository's directory and Binary the walkeeper
@@ -56,6 +65,14 @@ type Options struct {
 	fs fileSystem
 }
 
+// Progress is how far a restore is: bytes of tar extracted and regular
+// files written, of the totals. TotalFiles is 0 when the backup does not
+// record it (archive_layout 1).
+type Progress struct {
+	Bytes, TotalBytes int64
+	Files, TotalFiles int64
+}
+
 // Result describes a finished restore.
 type Result struct {
 	Backup      *basebackup.Meta
@@ -68,7 +85,7 @@ const FailedMarker = "WALKEEPER_RESTORE_FAILED"
 // Run restores a backup into opts.TargetDir.
 func Run(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Parallel <= 0 {
-		opts.Parallel = 4
+		opts.Parallel = runtime.NumCPU()
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -185,6 +202,50 @@ type restorer struct {
 	mu            sync.Mutex
 	pgControl     []byte
 	tablespaceMap []byte // nil when base.tar has none
+
+	progress             Progress // totals; the counts are below
+	bytesDone, filesDone atomic.Int64
+}
+
+// job is one tar archive to extract: a whole tablespace (archive_layout
+// 1) or one chunk of it.
+type job struct {
+	obj  basebackup.Object
+	root string
+	base bool
+}
+
+// jobs lists the archives to extract, largest first, so the pool does not
+// end waiting for one big archive started last.
+func (r *restorer) jobs(objects map[string]basebackup.Object) ([]job, error) {
+	var jobs []job
+	for _, ts := range r.meta.Tablespaces {
+		names := []string{ts.Archive}
+		if r.meta.Layout() == basebackup.LayoutChunked {
+			names = ts.Chunks
+			if len(names) == 0 {
+				return nil, fmt.Errorf("backup %s lists tablespace archive %s without chunks: backup.json is damaged", r.meta.ID, ts.Archive)
+			}
+		}
+		for _, name := range names {
+			obj, ok := objects[name]
+			if !ok {
+				return nil, fmt.Errorf("backup %s lists tablespace archive %s but has no such object", r.meta.ID, name)
+			}
+			jobs = append(jobs, job{obj: obj, root: r.roots[ts.OID], base: ts.OID == ""})
+		}
+	}
+	slices.SortStableFunc(jobs, func(a, b job) int { return int(min(max(b.obj.Size-a.obj.Size, -1), 1)) })
+	return jobs, nil
+}
+
+func (r *restorer) report() {
+	if r.opts.Progress == nil {
+		return
+	}
+	p := r.progress
+	p.Bytes, p.Files = r.bytesDone.Load(), r.filesDone.Load()
+	r.opts.Progress(p)
 }
 
 func (r *restorer) run(ctx context.Context) error {
@@ -192,40 +253,29 @@ func (r *restorer) run(ctx context.Context) error {
 	for _, o := range r.meta.Objects {
 		objects[o.Name] = o
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sem := make(chan struct{}, r.opts.Parallel)
-	errc := make(chan error, len(r.meta.Tablespaces))
-	var wg sync.WaitGroup
-	for _, ts := range r.meta.Tablespaces {
-		obj, ok := objects[ts.Archive]
-		if !ok {
-			return fmt.Errorf("backup %s lists tablespace archive %s but has no such object", r.meta.ID, ts.Archive)
-		}
-		root := r.roots[ts.OID]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			defer func() { <-sem }()
-			if err := r.archive(ctx, obj, root, ts.OID == ""); err != nil {
-				errc <- err
-				cancel()
-			}
-		}()
+	jobs, err := r.jobs(objects)
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
+	for _, j := range jobs {
+		r.progress.TotalBytes += j.obj.Size
+	}
+	if r.meta.Layout() == basebackup.LayoutChunked {
+		r.progress.TotalFiles = r.meta.Files()
+	}
+	r.report()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Parallel)
+	for _, j := range jobs {
+		g.Go(func() error { return r.archive(gctx, j.obj, j.root, j.base) })
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	r.report()
 	if r.pgControl == nil {
 		return fmt.Errorf("backup %s has no global/pg_control in base.tar", r.meta.ID)
 	}
@@ -253,7 +303,10 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 		return fmt.Errorf("open %s: %w", obj.Key, err)
 	}
 	defer rd.Close()
-	x := &extractor{root: root, dd: r.dd}
+	x := &extractor{root: root, dd: r.dd, wrote: func() {
+		r.filesDone.Add(1)
+		r.report()
+	}}
 	if base {
 		x.hold = func(name string, content io.Reader) (bool, error) {
 			var dst *[]byte
@@ -275,7 +328,7 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 			return true, err
 		}
 	}
-	if err := x.extract(ctx, rd); err != nil {
+	if err := x.extract(ctx, &countingReader{r: rd, n: &r.bytesDone, report: r.report}); err != nil {
 		if ctx.Err() == nil {
 			// Damage can surface as a bad tar header before the checksum
 			// is reached; name it as corruption when that is what it is.
@@ -285,11 +338,17 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 		}
 		return fmt.Errorf("restore %s: %w", obj.Key, err)
 	}
-	// Read to the end so the checksum in the trailer is checked.
+	// Read to the end so the checksum in the trailer is checked, and
+	// compare the object with what backup.json recorded of it: an object
+	// intact in itself but not the one the backup wrote is damage too.
 	if _, err := io.Copy(io.Discard, rd); err != nil {
 		return fmt.Errorf("restore %s: %w", obj.Key, err)
 	}
-	r.log.Info("restored archive", "name", obj.Name, "into", root, "size", obj.Size, "duration", time.Since(start).Round(time.Millisecond).String())
+	if m := rd.Meta(); obj.SHA256 != "" && (m.Hex() != obj.SHA256 || m.Size != obj.Size) {
+		return fmt.Errorf("restore %s: %w: the object is not the one backup %s stored (sha256 %s, size %d; backup.json says %s, %d)",
+			obj.Key, storage.ErrCorrupt, r.meta.ID, m.Hex(), m.Size, obj.SHA256, obj.Size)
+	}
+	r.log.Debug("restored archive", "name", obj.Name, "into", root, "size", obj.Size, "duration", time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
@@ -362,4 +421,20 @@ func (r *restorer) fail(cause error) {
 		r.meta.ID, time.Now().UTC().Format(time.RFC3339), cause)
 	r.dd.writeFile(filepath.Join(r.target, FailedMarker), []byte(note))
 	r.dd.sync()
+}
+
+// countingReader adds the bytes read to n and reports progress.
+type countingReader struct {
+	r      io.Reader
+	n      *atomic.Int64
+	report func()
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.n.Add(int64(n))
+		c.report()
+	}
+	return n, err
 }

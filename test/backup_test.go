@@ -92,46 +92,67 @@ func checkBackupAgainstManifest(t *testing.T, repo *storage.Repository, meta *ba
 	}
 	found := map[string]seen{}
 	for _, ts := range meta.Tablespaces {
-		o, ok := objs[ts.Archive]
-		if !ok {
-			t.Fatalf("archive %s of tablespace %q not in backup.json", ts.Archive, ts.OID)
+		names := ts.Chunks
+		if meta.Layout() == basebackup.LayoutSingle {
+			names = []string{ts.Archive}
+		} else if len(names) == 0 {
+			t.Fatalf("tablespace %q (%s) has no chunks", ts.OID, ts.Archive)
 		}
 		prefix := ""
 		if ts.OID != "" {
 			prefix = "pg_tblspc/" + ts.OID + "/"
 		}
-		r, err := repo.Open(context.Background(), o.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr := tar.NewReader(r)
-		for {
-			h, err := tr.Next()
-			if err == io.EOF {
-				break
+		for _, name := range names {
+			o, ok := objs[name]
+			if !ok {
+				t.Fatalf("archive %s of tablespace %q not in backup.json", name, ts.OID)
 			}
-			if err != nil {
-				t.Fatalf("%s: %v", o.Name, err)
+			if meta.Layout() == basebackup.LayoutChunked && o.Archive != ts.Archive {
+				t.Errorf("chunk %s: archive %q, want %q", name, o.Archive, ts.Archive)
 			}
-			if h.Typeflag != tar.TypeReg {
-				continue
-			}
-			c := crc32.New(crc32.MakeTable(crc32.Castagnoli))
-			n, err := io.Copy(c, tr)
+			// Every chunk is a complete tar by itself: the reader sees the
+			// end of the archive at a header boundary, never mid-file.
+			r, err := repo.Open(context.Background(), o.Key)
 			if err != nil {
 				t.Fatal(err)
 			}
-			// PostgreSQL prints the CRC-32C's bytes in memory order.
-			sum := hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, c.Sum32()))
-			found[prefix+h.Name] = seen{n, sum}
-			if strings.HasPrefix(h.Name, "pg_wal/") && !strings.Contains(h.Name, "archive_status") {
-				walFiles = append(walFiles, strings.TrimPrefix(h.Name, "pg_wal/"))
+			tr := tar.NewReader(r)
+			files := 0
+			for {
+				h, err := tr.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", o.Name, err)
+				}
+				if h.Typeflag != tar.TypeReg {
+					continue
+				}
+				files++
+				c := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+				n, err := io.Copy(c, tr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// PostgreSQL prints the CRC-32C's bytes in memory order.
+				sum := hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, c.Sum32()))
+				if _, dup := found[prefix+h.Name]; dup {
+					t.Errorf("%s: %s is in two archives", o.Name, prefix+h.Name)
+				}
+				found[prefix+h.Name] = seen{n, sum}
+				if strings.HasPrefix(h.Name, "pg_wal/") && !strings.Contains(h.Name, "archive_status") {
+					walFiles = append(walFiles, strings.TrimPrefix(h.Name, "pg_wal/"))
+				}
+			}
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				t.Fatalf("%s: %v", o.Name, err)
+			}
+			r.Close()
+			if meta.Layout() == basebackup.LayoutChunked && files != o.Files {
+				t.Errorf("chunk %s holds %d files, backup.json says %d", o.Name, files, o.Files)
 			}
 		}
-		if _, err := io.Copy(io.Discard, r); err != nil {
-			t.Fatalf("%s: %v", o.Name, err)
-		}
-		r.Close()
 	}
 	for _, f := range manifest.Files {
 		got, ok := found[f.Path]
@@ -144,6 +165,27 @@ func checkBackupAgainstManifest(t *testing.T, repo *storage.Repository, meta *ba
 		}
 	}
 	return walFiles
+}
+
+// checkChunkSizes checks the cuts: the base archive is in several chunks,
+// and a chunk exceeds the limit only when it holds one file.
+func checkChunkSizes(t *testing.T, meta *basebackup.Meta, limit int64) {
+	t.Helper()
+	objs := map[string]basebackup.Object{}
+	for _, o := range meta.Objects {
+		objs[o.Name] = o
+	}
+	for _, ts := range meta.Tablespaces {
+		if ts.OID == "" && len(ts.Chunks) < 3 {
+			t.Errorf("base archive in %d chunks, want several at a 1 MB chunk size", len(ts.Chunks))
+		}
+		for _, name := range ts.Chunks {
+			// The 1024 bytes of end-of-archive blocks come on top.
+			if o := objs[name]; o.Size > limit+1024 && o.Files > 1 {
+				t.Errorf("chunk %s: %d bytes in %d files, over the %d byte limit", name, o.Size, o.Files, limit)
+			}
+		}
+	}
 }
 
 func readMeta(t *testing.T, repo *storage.Repository, id string) *basebackup.Meta {
@@ -166,12 +208,17 @@ func TestBackupWithTablespace(t *testing.T) {
 			c.Exec(t, "CREATE TABLESPACE ts1 LOCATION '"+tsDir+"'")
 			c.Pgbench(t, "-i", "-s", "2", "-q")
 			c.Exec(t, "CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g, md5(g::text) FROM generate_series(1, 50000) g")
-			id := runBackup(t, target.env, target.url, c.DSN(harness.ReplicationUser))
+			// Small chunks, so that the base archive is cut many times.
+			id := runBackup(t, target.env, target.url, c.DSN(harness.ReplicationUser), "--chunk-size", "1MB")
 			repo := target.open(t)
 			meta := readMeta(t, repo, id)
 			if meta.WAL != basebackup.WALInclude || len(meta.Tablespaces) != 2 || meta.FromStandby {
 				t.Errorf("backup.json: wal %q, %d tablespaces, from standby %v", meta.WAL, len(meta.Tablespaces), meta.FromStandby)
 			}
+			if meta.ArchiveLayout != basebackup.LayoutChunked {
+				t.Errorf("backup.json: archive_layout %d", meta.ArchiveLayout)
+			}
+			checkChunkSizes(t, meta, 1<<20)
 			walFiles := checkBackupAgainstManifest(t, repo, meta)
 			startSeg := strings.Replace(meta.StartLSN, "/", "", 1)
 			if len(walFiles) == 0 {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,20 +15,21 @@ import (
 )
 
 // BenchmarkStream1GB measures catching up on at least 1 GB of pgbench WAL
-// held by replication slots: walkeeper (zstd and lz4, into a local
-// repository) against pg_receivewal (uncompressed, lz4, gzip), one after
+// held by replication slots: walkeeper (zstd, lz4 and none, into a local
+// repository; also the WALKEEPER_BENCH_BASELINE binary) against
+// pg_receivewal (uncompressed, lz4, gzip), one after
 // the other so they do not share the CPU. It reports MB/s, CPU seconds per
 // GB and peak RSS of each. A slot per tool holds the WAL; every run streams
 // from a copy of it, so -count repeats measure the same work.
+// WALKEEPER_BENCH_PROFILE_DIR=DIR writes a CPU profile of each walkeeper
+// run there (DIR/walkeeper-zstd.pprof, ...).
 //
 //	make bench   (or: go test -run '^$' -bench Stream1GB -benchtime 1x ./test/)
 func BenchmarkStream1GB(b *testing.B) {
-	bin := filepath.Join(b.TempDir(), "walkeeper")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/walkeeper").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin, before := benchBinaries(b, b.TempDir())
 	c := harness.StartCluster(b, harness.ClusterOptions{Name: "bench-stream", ExtraConf: map[string]string{
 		"max_wal_size": "4GB", "checkpoint_timeout": "30min", "shared_buffers": "256MB",
+		"max_replication_slots": "20", "max_wal_senders": "20",
 	}})
 	runs := []struct {
 		name string
@@ -43,12 +45,21 @@ func BenchmarkStream1GB(b *testing.B) {
 		{"pg_receivewal-gzip", "rw_gzip", func(dir, end, slot string) (string, []string) {
 			return harness.PGBin("pg_receivewal"), []string{"-D", dir, "-S", slot, "-E", end, "-n", "--compress=gzip", "-d", c.DSN(harness.ReplicationUser)}
 		}},
-		{"walkeeper-zstd", "wk_zstd", func(dir, end, slot string) (string, []string) {
-			return bin, []string{"stream", "--repo", dir, "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
-		}},
-		{"walkeeper-lz4", "wk_lz4", func(dir, end, slot string) (string, []string) {
-			return bin, []string{"stream", "--repo", dir, "--compression", "lz4", "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
-		}},
+	}
+	// walkeeper with each codec, and the baseline binary the same way.
+	for _, w := range []struct{ name, bin string }{{"walkeeper", bin}, {"walkeeper-before", before}} {
+		if w.bin == "" {
+			continue
+		}
+		for _, codec := range []string{"zstd", "lz4", "none"} {
+			runs = append(runs, struct {
+				name string
+				slot string
+				args func(dir, endpos, slot string) (string, []string)
+			}{w.name + "-" + codec, strings.ReplaceAll(w.name, "-", "_") + "_" + codec, func(dir, end, slot string) (string, []string) {
+				return w.bin, []string{"stream", "--repo", dir, "--compression", codec, "--slot", slot, "--endpos", end, "--dsn", c.DSN(harness.ReplicationUser)}
+			}})
+		}
 	}
 	for _, r := range runs {
 		c.Exec(b, fmt.Sprintf("SELECT pg_create_physical_replication_slot('%s', true)", r.slot))
@@ -77,7 +88,12 @@ func BenchmarkStream1GB(b *testing.B) {
 					cmd = c.Command(context.Background(), path, args...)
 				}
 				cmd.Env = append(cmd.Environ(), "WALKEEPER_LOG_LEVEL=warn")
+				if p := os.Getenv("WALKEEPER_BENCH_PROFILE_DIR"); p != "" && filepath.Base(path) != "pg_receivewal" {
+					cmd.Env = append(cmd.Env, "WALKEEPER_CPU_PROFILE="+filepath.Join(p, r.name+".pprof"))
+				}
 				m := measure(b, r.name, cmd, dir)
+				benchRecord("stream cpu-s/GB", r.name, m.cpu.Seconds()/(walMB/1000))
+				benchRecord("stream stored/WAL", r.name, m.storedMB/walMB)
 				b.ReportMetric(walMB/m.wall.Seconds(), "MB/s")
 				b.ReportMetric(m.cpu.Seconds()/(walMB/1000), "cpu-s/GB")
 				b.ReportMetric(m.rssMB, "peak-RSS-MB")
@@ -91,14 +107,19 @@ func BenchmarkStream1GB(b *testing.B) {
 }
 
 // BenchmarkBackup1GB backs up the same database (pgbench plus a table of
-// random bytes, over 1 GB in all) with walkeeper and with
-// pg_basebackup -Ft -X fetch --compress=client-zstd -c fast, one after the
-// other, and reports wall time, CPU time, peak RSS and stored size of each.
+// random bytes, over 1 GB in all) with walkeeper (zstd and lz4; also the
+// WALKEEPER_BENCH_BASELINE binary), pg_basebackup -Ft -X fetch
+// --compress=client-zstd and client-lz4, and pgBackRest (zst,
+// process-max 2) when it is installed, one after the other, and reports
+// wall time, CPU time, peak RSS and stored size of each. Then it restores:
+// walkeeper's zstd backup with --parallel 1, 2 and the default, the
+// baseline's with the baseline, and pgBackRest's with process-max 2, each
+// into an empty directory with every file fsynced (each tool's default),
+// `sync` (not timed) before each.
+//
+//	make bench   (or: go test -run '^$' -bench Backup1GB -benchtime 1x ./test/)
 func BenchmarkBackup1GB(b *testing.B) {
-	bin := filepath.Join(b.TempDir(), "walkeeper")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/walkeeper").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin, before := benchBinaries(b, harness.MakeDir(b, "bench-backup-bin"))
 	c := harness.StartCluster(b, harness.ClusterOptions{Name: "bench-backup", ExtraConf: map[string]string{
 		"max_wal_size": "4GB", "shared_buffers": "256MB",
 	}})
@@ -110,31 +131,102 @@ func BenchmarkBackup1GB(b *testing.B) {
 	c.Exec(b, "CHECKPOINT")
 	dbSize := c.QueryString(b, "SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
 	b.Logf("database size: %s bytes", dbSize)
+	pgbackrest, _ := exec.LookPath("pgbackrest")
 	b.ResetTimer()
 	for range b.N {
-		runs := []struct {
+		type job struct {
 			name string
 			cmd  func(dir string) *exec.Cmd
-		}{
-			{"walkeeper", func(dir string) *exec.Cmd {
-				cmd := exec.Command(bin, "backup", "--repo", dir, "--dsn", c.DSN(harness.ReplicationUser), "--checkpoint", "fast", "--wal", "include")
+		}
+		repos := map[string]string{}
+		walkeeperBackup := func(bin, codec string) func(dir string) *exec.Cmd {
+			return func(dir string) *exec.Cmd {
+				cmd := exec.Command(bin, "backup", "--repo", dir, "--compression", codec, "--dsn", c.DSN(harness.ReplicationUser),
+					"--checkpoint", "fast", "--wal", "include")
 				cmd.Env = append(os.Environ(), "WALKEEPER_LOG_LEVEL=warn")
 				return cmd
-			}},
-			{"pg_basebackup", func(dir string) *exec.Cmd {
-				return c.Command(context.Background(), harness.PGBin("pg_basebackup"), "-D", filepath.Join(dir, "out"), "-Ft", "-X", "fetch",
-					"--compress=client-zstd", "-c", "fast", "-d", c.DSN(harness.ReplicationUser))
-			}},
+			}
 		}
-		for _, r := range runs {
-			dir := harness.MakeDir(b, "bench-"+r.name)
+		backups := []job{
+			{"walkeeper-zstd", walkeeperBackup(bin, "zstd")},
+			{"walkeeper-lz4", walkeeperBackup(bin, "lz4")},
+		}
+		if before != "" {
+			backups = append(backups, job{"walkeeper-before-zstd", walkeeperBackup(before, "zstd")},
+				job{"walkeeper-before-lz4", walkeeperBackup(before, "lz4")})
+		}
+		for _, codec := range []string{"zstd", "lz4"} {
+			backups = append(backups, job{"pg_basebackup-client-" + codec, func(dir string) *exec.Cmd {
+				return c.Command(context.Background(), harness.PGBin("pg_basebackup"), "-D", filepath.Join(dir, "out"), "-Ft", "-X", "fetch",
+					"--compress=client-"+codec, "-c", "fast", "-d", c.DSN(harness.ReplicationUser))
+			}})
+		}
+		var brConf string
+		if pgbackrest != "" {
+			brDir := harness.MakeDir(b, "bench-pgbackrest")
+			brConf = filepath.Join(brDir, "pgbackrest.conf")
+			conf := fmt.Sprintf("[global]\nrepo1-path=%s/repo\nlog-path=%s\nlock-path=%s\nlog-level-console=warn\nlog-level-file=off\n"+
+				"compress-type=zst\nprocess-max=2\nstart-fast=y\narchive-check=n\n\n[bench]\npg1-path=%s\npg1-port=%d\npg1-socket-path=%s\n",
+				brDir, brDir, brDir, c.DataDir(), c.Port(), c.SocketDir())
+			if err := os.WriteFile(brConf, []byte(conf), 0o644); err != nil {
+				b.Fatal(err)
+			}
+			giveToPostgres(b, brDir)
+			if out, err := c.Command(context.Background(), pgbackrest, "--config", brConf, "--stanza", "bench", "stanza-create").CombinedOutput(); err != nil {
+				b.Fatalf("pgbackrest stanza-create: %v\n%s", err, out)
+			}
+			repos["pgbackrest-process-max-2"] = brDir
+			backups = append(backups, job{"pgbackrest-process-max-2", func(string) *exec.Cmd {
+				return c.Command(context.Background(), pgbackrest, "--config", brConf, "--stanza", "bench", "--type", "full", "backup")
+			}})
+		}
+		for _, r := range backups {
+			dir := repos[r.name]
+			if dir == "" {
+				dir = harness.MakeDir(b, "bench-"+r.name)
+				repos[r.name] = dir
+			}
 			m := measure(b, r.name, r.cmd(dir), dir)
+			benchRecord("backup wall-s", r.name, m.wall.Seconds())
+			benchRecord("backup peak-RSS-MB", r.name, m.rssMB)
 			b.ReportMetric(m.wall.Seconds(), r.name+"-wall-s")
-			b.ReportMetric(m.cpu.Seconds(), r.name+"-cpu-s")
-			b.ReportMetric(m.rssMB, r.name+"-peak-RSS-MB")
-			b.ReportMetric(m.storedMB, r.name+"-stored-MB")
-			b.Logf("%-14s wall %6.1f s  CPU %6.1f s  peak RSS %6.1f MB  stored %7.1f MB",
+			b.Logf("backup  %-26s wall %6.1f s  CPU %6.1f s  peak RSS %6.1f MB  stored %7.1f MB",
 				r.name, m.wall.Seconds(), m.cpu.Seconds(), m.rssMB, m.storedMB)
+		}
+		walkeeperRestore := func(bin, repo string, args ...string) func(dir string) *exec.Cmd {
+			return func(dir string) *exec.Cmd {
+				return exec.Command(bin, append([]string{"restore", "--repo", repo, "--target-dir", dir, "--log-level", "warn",
+					"--restore-command", "false %p"}, args...)...)
+			}
+		}
+		restores := []job{
+			{"walkeeper-parallel-1", walkeeperRestore(bin, repos["walkeeper-zstd"], "--parallel", "1")},
+			{"walkeeper-parallel-2", walkeeperRestore(bin, repos["walkeeper-zstd"], "--parallel", "2")},
+			{"walkeeper-zstd", walkeeperRestore(bin, repos["walkeeper-zstd"])},
+		}
+		if before != "" {
+			restores = append(restores, job{"walkeeper-before-zstd", walkeeperRestore(before, repos["walkeeper-before-zstd"])})
+		}
+		if brConf != "" {
+			restores = append(restores, job{"pgbackrest-process-max-2", func(dir string) *exec.Cmd {
+				return c.Command(context.Background(), pgbackrest, "--config", brConf, "--stanza", "bench", "--pg1-path", dir, "restore")
+			}})
+		}
+		for _, r := range restores {
+			parent := harness.MakeDir(b, "bench-restore-"+r.name)
+			dir := filepath.Join(parent, "data")
+			if strings.HasPrefix(r.name, "pgbackrest") {
+				dir = parent // pgBackRest restores into an existing empty directory
+			}
+			if out, err := exec.Command("sync").CombinedOutput(); err != nil {
+				b.Fatalf("sync: %v %s", err, out)
+			}
+			m := measure(b, "restore "+r.name, r.cmd(dir), dir)
+			benchRecord("restore wall-s", r.name, m.wall.Seconds())
+			benchRecord("restore peak-RSS-MB", r.name, m.rssMB)
+			b.Logf("restore %-26s wall %6.1f s  CPU %6.1f s  peak RSS %6.1f MB  restored %7.1f MB",
+				r.name, m.wall.Seconds(), m.cpu.Seconds(), m.rssMB, m.storedMB)
+			os.RemoveAll(parent)
 		}
 	}
 }

@@ -286,10 +286,11 @@ func TestRestoreRefusesCorruptionAndHostileArchives(t *testing.T) {
 		t.Error("the non-empty target was changed")
 	}
 
-	// A flipped byte in the middle of base.tar.
+	// A flipped byte in the middle of the base archive (one chunk at the
+	// default chunk size).
 	var baseKey string
 	for _, o := range meta.Objects {
-		if o.Name == "base.tar" {
+		if o.Name == basebackup.ChunkName("base.tar", 0) {
 			baseKey = o.Key
 		}
 	}
@@ -305,7 +306,7 @@ func TestRestoreRefusesCorruptionAndHostileArchives(t *testing.T) {
 		os.WriteFile(path, bad, 0o600)
 		dir := filepath.Join(t.TempDir(), "data")
 		_, stderr, code = runWalkeeper(t, nil, "restore", "--repo", repoDir, "--target-dir", dir)
-		if code != 1 || !strings.Contains(stderr, "base.tar") || !strings.Contains(stderr, "corrupt") {
+		if code != 1 || !strings.Contains(stderr, basebackup.ChunkName("base.tar", 0)) || !strings.Contains(stderr, "corrupt") {
 			t.Errorf("flipped byte at %d of %d: exit %d: %s", pos, len(good), code, stderr)
 		}
 		if _, err := os.Stat(filepath.Join(dir, "global", "pg_control")); err == nil {

@@ -33,6 +33,11 @@ var (
 		Value: basebackup.WALAuto,
 		Usage: "how the backup gets its WAL: auto (stream when a walkeeper stream archives into the repository, else include), stream (wait for the stream to store it) or include (inside the backup)",
 	}
+	chunkSizeFlag = &cli.StringFlag{
+		Name:  "chunk-size",
+		Value: "128MB",
+		Usage: "most tar bytes in one archive chunk (one object; restore extracts chunks in parallel); a larger file gets a chunk of its own",
+	}
 	walTimeoutFlag = &cli.DurationFlag{
 		Name:  "wal-timeout",
 		Value: 5 * time.Minute,
@@ -46,7 +51,9 @@ func init() {
 		Usage: "take a base backup into the repository and print its ID",
 		Description: `Runs BASE_BACKUP over a replication connection (on a primary or a hot
 standby) and streams each tablespace's tar archive straight through
-compression into the repository: no temporary files, bounded memory. The
+compression into the repository: no temporary files, bounded memory. Each
+archive is cut at file boundaries into chunks of at most --chunk-size, each
+a complete tar in its own object, so restore extracts them in parallel. The
 server's backup_manifest is stored unchanged; backup.json is written last and
 marks the backup complete. A backup is complete only when the WAL from its
 start to its stop position is available: streamed into the repository by a
@@ -69,7 +76,7 @@ written for node-exporter's textfile collector; see docs/metrics.md.
 
 Example (cron):
   walkeeper backup --dsn "host=db1 user=walkeeper" --repo s3://bucket/db1`,
-		Flags:  []cli.Flag{labelFlag, checkpointFlag, maxRateFlag, walModeFlag, walTimeoutFlag, metricsFileFlag},
+		Flags:  []cli.Flag{labelFlag, checkpointFlag, maxRateFlag, walModeFlag, walTimeoutFlag, chunkSizeFlag, metricsFileFlag},
 		Action: backupAction,
 	})
 }
@@ -110,11 +117,16 @@ func takeBackup(c *cli.Context) (*basebackup.Meta, error) {
 	default:
 		return nil, usagef("--wal must be auto, stream or include")
 	}
+	chunk, err := parseSize(c.String(chunkSizeFlag.Name))
+	if err != nil || chunk < 1<<20 {
+		return nil, usagef("--chunk-size must be a size of at least 1MB, e.g. 128MB")
+	}
 	repo, err := openRepository(c)
 	if err != nil {
 		return nil, err
 	}
 	opts := basebackup.Options{
+		ChunkSize:      chunk,
 		DSN:            c.String(dsnFlag.Name),
 		Repo:           repo,
 		Label:          c.String(labelFlag.Name),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -63,7 +64,9 @@ var errWALFetch = errors.New("wal-fetch")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := startCPUProfile(os.Getenv(cpuProfileEnv))
 	err := newApp().RunContext(ctx, os.Args)
+	stopProfile()
 	stop()
 	code := exitCode(err)
 	if err != nil && code != exitNotFound {
@@ -72,4 +75,32 @@ func main() {
 		fmt.Fprintln(os.Stderr, "walkeeper: "+msg)
 	}
 	os.Exit(code)
+}
+
+// cpuProfileEnv names a file to write a CPU profile of the run to
+// (go tool pprof reads it). For measuring, not for production: it is an
+// environment variable so that it never lands in a config file.
+const cpuProfileEnv = "WALKEEPER_CPU_PROFILE"
+
+// startCPUProfile starts profiling into path ("" : not at all) and returns
+// the function that stops it and writes the file.
+func startCPUProfile(path string) func() {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "walkeeper: %s: %v (running without a profile)\n", cpuProfileEnv, err)
+		if f != nil {
+			f.Close()
+		}
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }

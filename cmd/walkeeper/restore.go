@@ -9,10 +9,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/walkeeper/walkeeper/internal/replication"
 	"github.com/walkeeper/walkeeper/restore"
@@ -25,7 +28,7 @@ var (
 	forceFlag     = &cli.BoolFlag{Name: "force", Usage: "empty a non-empty target directory (and tablespace locations) first"}
 	ownerFlag     = &cli.StringFlag{Name: "owner", Usage: "OS `USER` owning the restored files (default when run as root: the owner of the target's parent directory)"}
 	tsMapFlag     = &cli.StringSliceFlag{Name: "tablespace-map", Usage: "relocate a tablespace: `OLD=NEW` (repeatable)"}
-	parallelFlag  = &cli.IntFlag{Name: "parallel", Value: 4, Usage: "archives restored at once"}
+	parallelFlag  = &cli.IntFlag{Name: "parallel", Usage: "`N` archive chunks downloaded, verified, decompressed and extracted at once (default: the number of CPUs; memory about 16 MB each)"}
 	noSyncFlag    = &cli.BoolFlag{Name: "no-sync", Usage: "skip every fsync (like pg_basebackup --no-sync): a crash of the machine can then leave a directory that starts and is corrupt; for tests and throwaway copies"}
 
 	targetTimeFlag     = &cli.StringFlag{Name: "target-time", Usage: "recover up to this `TIMESTAMP`, with its time zone (e.g. '2026-11-26 14:30:00+00')"}
@@ -46,14 +49,17 @@ func init() {
 	commands = append(commands, &cli.Command{
 		Name:  "restore",
 		Usage: "restore a backup into a new data directory, to a point in time or as a read replica",
-		Description: `Downloads and decompresses the backup's archives in parallel with bounded
-memory, verifying every object's checksum, and extracts them safely: every
+		Description: `Downloads, verifies, decompresses and extracts the backup's archive chunks
+in parallel (--parallel N, default one per CPU) with bounded memory,
+checking every object's checksum against backup.json, and extracts them
+safely: every
 entry stays inside the target directory or its tablespace's location.
 Every file and directory it writes is fsynced before global/pg_control is
 written, then pg_control and global/ are: a failed, interrupted or crashed
 restore can never be started by mistake, and a finished one survives a
 crash of the machine. A failed restore removes what it wrote and leaves
-WALKEEPER_RESTORE_FAILED in the directory.
+WALKEEPER_RESTORE_FAILED in the directory. On a terminal a progress bar
+shows bytes and files done of the total, the rate and the time left.
 
 The restored directory is ready to start: recovery.signal (or standby.signal
 with --as-replica) and, in postgresql.auto.conf, restore_command = this
@@ -135,11 +141,22 @@ func restoreAction(c *cli.Context) error {
 			return err
 		}
 	}
-	res, err := restore.Run(c.Context, restore.Options{
+	if c.Int(parallelFlag.Name) < 0 {
+		return usagef("--parallel must be 1 or more (0: the number of CPUs)")
+	}
+	opts := restore.Options{
 		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name),
 		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
 		Recovery: rec, RepoDir: repoDir, Binary: binary, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
-	})
+	}
+	bar := newRestoreProgress(os.Stderr)
+	if bar != nil {
+		opts.Progress = bar.update
+	}
+	res, err := restore.Run(c.Context, opts)
+	if bar != nil {
+		bar.finish()
+	}
 	if err != nil {
 		return err
 	}
@@ -255,4 +272,54 @@ func conninfoQuote(v string) string {
 		return v
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
+
+// restoreProgress draws restore's progress bar on a terminal: bytes done
+// of the total with rate and ETA, and files done of the total.
+type restoreProgress struct {
+	mu    sync.Mutex
+	bar   *progressbar.ProgressBar
+	w     *os.File
+	files int64
+}
+
+// newRestoreProgress returns nil when w is not a terminal: cron and
+// systemd get the logs only.
+func newRestoreProgress(w *os.File) *restoreProgress {
+	if !term.IsTerminal(int(w.Fd())) {
+		return nil
+	}
+	return &restoreProgress{w: w}
+}
+
+func (p *restoreProgress) update(pr restore.Progress) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar == nil {
+		p.bar = progressbar.NewOptions64(max(pr.TotalBytes, 1),
+			progressbar.OptionSetWriter(p.w),
+			progressbar.OptionSetDescription("restore"),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionClearOnFinish())
+	}
+	if pr.Files != p.files {
+		p.files = pr.Files
+		if pr.TotalFiles > 0 {
+			p.bar.Describe(fmt.Sprintf("restore %d/%d files", pr.Files, pr.TotalFiles))
+		} else {
+			p.bar.Describe(fmt.Sprintf("restore %d files", pr.Files))
+		}
+	}
+	p.bar.Set64(min(pr.Bytes, p.bar.GetMax64()))
+}
+
+func (p *restoreProgress) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Finish()
+	}
 }

@@ -1,0 +1,135 @@
+package test
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// The side-by-side table. Each benchmark records what it measured (one
+// number per tool and quantity); TestMain prints the table and the ratios
+// the performance goals name after every benchmark of the run has ended,
+// so they come from one run on one machine.
+//
+// WALKEEPER_BENCH_BASELINE=/path/to/walkeeper adds that binary (built from
+// another commit) as "walkeeper-before" to the stream, backup and restore
+// benchmarks, in the same run.
+
+var benchTable struct {
+	sync.Mutex
+	rows  []string
+	value map[string]float64
+}
+
+// benchRecord notes one measured quantity of a tool ("stream cpu-s/GB",
+// "walkeeper-zstd").
+func benchRecord(quantity, tool string, v float64) {
+	benchTable.Lock()
+	defer benchTable.Unlock()
+	if benchTable.value == nil {
+		benchTable.value = map[string]float64{}
+	}
+	k := quantity + "\x00" + tool
+	if _, ok := benchTable.value[k]; !ok {
+		benchTable.rows = append(benchTable.rows, k)
+	}
+	benchTable.value[k] = v
+}
+
+func benchValue(quantity, tool string) (float64, bool) {
+	v, ok := benchTable.value[quantity+"\x00"+tool]
+	return v, ok
+}
+
+// benchRatios are the goals of issue 13: numerator tool, denominator tool,
+// quantity, goal (ratio must be at most it; for "min" goals at least).
+var benchRatios = []struct {
+	quantity, num, den string
+	goal               float64
+	atLeast            bool
+}{
+	{"stream cpu-s/GB", "walkeeper-lz4", "pg_receivewal-lz4", 1.3, false},
+	{"stream cpu-s/GB", "walkeeper-none", "pg_receivewal", 1.3, false},
+	{"stream cpu-s/GB", "walkeeper-zstd", "pg_receivewal", 0, false},
+	{"backup wall-s", "walkeeper-zstd", "pg_basebackup-client-zstd", 0.8, false},
+	{"backup wall-s", "walkeeper-lz4", "pg_basebackup-client-lz4", 0.8, false},
+	{"restore wall-s", "walkeeper-zstd", "pgbackrest-process-max-2", 0.8, false},
+	{"restore wall-s", "walkeeper-parallel-1", "walkeeper-parallel-2", 1.6, true},
+}
+
+// printBenchTable writes the table, then the ratios, for both the current
+// binary and the baseline when one ran.
+func printBenchTable(w io.Writer) {
+	benchTable.Lock()
+	defer benchTable.Unlock()
+	if len(benchTable.rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%-18s %-30s %10s\n", "quantity", "tool", "value")
+	for _, k := range benchTable.rows {
+		var q, tool string
+		for i := range len(k) {
+			if k[i] == 0 {
+				q, tool = k[:i], k[i+1:]
+				break
+			}
+		}
+		fmt.Fprintf(w, "%-18s %-30s %10.2f\n", q, tool, benchTable.value[k])
+	}
+	fmt.Fprintf(w, "\n%-60s %8s %8s %8s\n", "ratio", "after", "before", "goal")
+	for _, r := range benchRatios {
+		cell := func(num string) string {
+			n, ok1 := benchValue(r.quantity, num)
+			d, ok2 := benchValue(r.quantity, r.den)
+			if !ok1 || !ok2 || d == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f", n/d)
+		}
+		before := "-"
+		if r.num != "walkeeper-parallel-1" {
+			before = cell(beforeName(r.num))
+		}
+		goal := "-"
+		if r.goal > 0 {
+			goal = fmt.Sprintf("≤%.2f", r.goal)
+			if r.atLeast {
+				goal = fmt.Sprintf("≥%.2f", r.goal)
+			}
+		}
+		fmt.Fprintf(w, "%-60s %8s %8s %8s\n", r.quantity+": "+r.num+" / "+r.den, cell(r.num), before, goal)
+	}
+}
+
+// beforeName is the baseline binary's name for one of the current one's
+// tool names: walkeeper-zstd → walkeeper-before-zstd.
+func beforeName(tool string) string {
+	if len(tool) > len("walkeeper") && tool[:len("walkeeper")] == "walkeeper" {
+		return "walkeeper-before" + tool[len("walkeeper"):]
+	}
+	return tool
+}
+
+// benchBinaries builds the walkeeper under test into dir and returns it
+// with the baseline binary (WALKEEPER_BENCH_BASELINE, "" when unset).
+func benchBinaries(b *testing.B, dir string) (current, baseline string) {
+	b.Helper()
+	current = filepath.Join(dir, "walkeeper")
+	if out, err := exec.Command("go", "build", "-o", current, "../cmd/walkeeper").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	if p := os.Getenv("WALKEEPER_BENCH_BASELINE"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			b.Fatalf("WALKEEPER_BENCH_BASELINE: %v", err)
+		}
+		baseline = filepath.Join(dir, "walkeeper-before")
+		if out, err := exec.Command("cp", p, baseline).CombinedOutput(); err != nil {
+			b.Fatalf("copy baseline: %v %s", err, out)
+		}
+	}
+	return current, baseline
+}
