@@ -46,6 +46,9 @@ type S3Options struct {
 	// (default 5 minutes). A streaming download is cancelled when no byte
 	// arrives for this long.
 	Timeout time.Duration
+	// Credentials, when set, replace the AWS credential chain (programs
+	// embedding the backend, tests running in parallel: no environment).
+	Credentials aws.CredentialsProvider
 }
 
 const (
@@ -104,6 +107,9 @@ func NewS3(ctx context.Context, opts S3Options) (*S3, error) {
 	}
 	if opts.Region != "" {
 		loadOpts = append(loadOpts, config.WithRegion(opts.Region))
+	}
+	if opts.Credentials != nil {
+		loadOpts = append(loadOpts, config.WithCredentialsProvider(opts.Credentials))
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {

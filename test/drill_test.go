@@ -29,12 +29,24 @@ import (
 //     named too;
 //   - no drill archived anything into the repositories.
 func TestDrill(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "drill", NoDataChecksums: true})
 	targets := repoTargets(t)
 	local, s3t := targets[0], targets[1]
 	dsn := c.DSN(harness.ReplicationUser)
 	ctx := context.Background()
-	startWalkeeper(t, nil, "stream", "--repo", local.url, "--dsn", dsn, "--slot", "drill_local")
+	// The local repository is written as postgres, as an operator runs the
+	// stream beside the server: the throwaway server's restore_command
+	// (run as postgres) reads it while the stream goes on writing.
+	startWalkeeperAsPostgres(t, nil, "stream", "--repo", local.url, "--dsn", dsn, "--slot", "drill_local")
+	localBackup := func() string {
+		t.Helper()
+		stdout, stderr, code := runWalkeeperAsPostgres(t, nil, "backup", "--repo", local.url, "--dsn", dsn)
+		if code != 0 {
+			t.Fatalf("backup: exit %d:\n%s", code, stderr)
+		}
+		return strings.TrimSpace(stdout)
+	}
 	startWalkeeper(t, s3t.env, "stream", "--repo", s3t.url, "--dsn", dsn, "--slot", "drill_s3")
 	waitStored := func(repos ...repoTarget) {
 		t.Helper()
@@ -51,7 +63,7 @@ func TestDrill(t *testing.T) {
 
 	c.Exec(t, "CREATE TABLE kept (i int PRIMARY KEY, pad text)")
 	c.Exec(t, "INSERT INTO kept SELECT g, repeat('x', 50) FROM generate_series(1, 1000) g")
-	first := runBackup(t, nil, local.url, dsn)
+	first := localBackup()
 	runBackup(t, s3t.env, s3t.url, dsn)
 	mid := c.QueryString(t, "SELECT pg_walfile_name(pg_current_wal_lsn())")
 	c.Exec(t, "INSERT INTO kept SELECT g, repeat('y', 50) FROM generate_series(1001, 2000) g")
@@ -62,8 +74,6 @@ func TestDrill(t *testing.T) {
 	os.WriteFile(checkOK, []byte("SELECT 1 FROM kept HAVING count(*) = 2000;\n"), 0o644)
 	drillRun := func(env []string, wantCode int, args ...string) (string, string) {
 		t.Helper()
-		// The throwaway server's restore_command runs as postgres.
-		giveToPostgres(t, local.url)
 		stdout, stderr, code := runWalkeeper(t, append(env, raceEnv), append([]string{"drill"}, args...)...)
 		if code != wantCode {
 			t.Fatalf("drill %v: exit %d, want %d\n%s%s", args, code, wantCode, stdout, stderr)
@@ -146,7 +156,7 @@ func TestDrill(t *testing.T) {
 		}
 		f.Close()
 		c.Start(t)
-		damagedID := runBackup(t, nil, local.url, dsn)
+		damagedID := localBackup()
 		waitStored(local)
 		_, stderr := drillRun(nil, 5, "--repo", local.url, "--scratch", filepath.Join(dir, "scratch-damaged"), "--backup", damagedID)
 		if !strings.Contains(stderr, "amcheck: postgres: table damaged") {

@@ -25,6 +25,7 @@ import (
 // directory appears), status and verify see no gap, and a restore to the
 // end of the archive has every row.
 func TestFormatOneRepositoryStaysUsable(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "format1"})
 	repoDir := filepath.Join(harness.MakeDir(t, "format1-repo"), "repo")
 	dsn := c.DSN(harness.ReplicationUser)

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
 	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/storage/archive"
 	"github.com/walkeeper/walkeeper/test/harness"
@@ -81,13 +83,10 @@ func s3Target(srv *harness.S3Server) repoTarget {
 		url:  "s3://" + bucket + "/cluster",
 		env:  env,
 		open: func(t *testing.T) *storage.Repository {
-			for _, kv := range srv.Env() {
-				k, v, _ := strings.Cut(kv, "=")
-				t.Setenv(k, v)
-			}
 			r, err := storage.Open(context.Background(), storage.Options{
 				Repo: "s3://" + bucket + "/cluster",
-				S3:   storage.S3Options{Endpoint: srv.Endpoint, PathStyle: true},
+				S3: storage.S3Options{Endpoint: srv.Endpoint, PathStyle: true, Region: "us-east-1",
+					Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")},
 			})
 			if err != nil {
 				t.Fatal(err)

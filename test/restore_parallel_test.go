@@ -30,6 +30,7 @@ import (
 // and a flipped byte in one chunk is reported by verify and refused by
 // restore, naming that chunk.
 func TestRestoreChunkedParallel(t *testing.T) {
+	t.Parallel()
 	harness.RequirePGBin(t, "pg_verifybackup")
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "restore-chunks"})
 	tsDir := harness.MakeDir(t, "chunks-ts")

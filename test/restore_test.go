@@ -43,6 +43,7 @@ func waitPromoted(t *testing.T, c *harness.Cluster) {
 // more, and restores to each target: the restored server has exactly the
 // rows of that moment.
 func TestRestorePointInTime(t *testing.T) {
+	t.Parallel()
 	for _, target := range repoTargets(t) {
 		t.Run(target.name, func(t *testing.T) {
 			c := harness.StartCluster(t, harness.ClusterOptions{Name: "pitr-" + target.name})
@@ -158,6 +159,7 @@ func srvEnvOnly(env []string) []string {
 // primary's data. The primary has recycled the WAL from the backup's start,
 // so the replica must catch up from the repository first.
 func TestRestoreAsReplica(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "replica-primary", ExtraConf: map[string]string{"max_wal_size": "64MB", "min_wal_size": "32MB"}})
 	repoDir := filepath.Join(harness.MakeDir(t, "replica-repo"), "repo")
 	wk := startWalkeeperAsPostgres(t, nil, "stream", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wk")

@@ -112,6 +112,7 @@ func diffKeys(a, b map[string]string) map[string]string {
 // backup, or before the end of the backup named with --backup, is refused
 // in one line before anything is downloaded or written.
 func TestRestorePicksBackupThatReachesTarget(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "pick"})
 	repoDir := filepath.Join(harness.MakeDir(t, "pick-repo"), "repo")
 	wk := startWalkeeper(t, nil, "stream", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wk")

@@ -20,6 +20,7 @@ import (
 // backup's), so the replicas' base data came from the repository alone;
 // each replica then streams from its own slot and has the primary's data.
 func TestScaleOutReplicasInParallel(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "scale-primary",
 		ExtraConf: map[string]string{"log_replication_commands": "on"}})
 	repoDir := filepath.Join(harness.MakeDir(t, "scale-repo"), "repo")

@@ -35,6 +35,7 @@ func runStatus(t *testing.T, env []string, args ...string) (*monitor.StatusRepor
 // slot; tiny thresholds, an unreachable server and a dropped slot exit 5
 // naming the reason. Local and S3 repositories, one cluster.
 func TestStatusExitCodes(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "status"})
 	dsn := c.DSN(harness.ReplicationUser)
 	for _, target := range repoTargets(t) {

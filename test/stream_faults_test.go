@@ -163,6 +163,7 @@ func (p prefixed) ListFrom(ctx context.Context, prefix, after string, fn func(st
 // TestStreamSurvivesServerRestart restarts PostgreSQL under walkeeper and
 // checks that it reconnects and the archive has no gap.
 func TestStreamSurvivesServerRestart(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "restart"})
 	repoDir := filepath.Join(t.TempDir(), "repo")
 	wk := startWalkeeper(t, nil, "stream", "--repo", repoDir, "--dsn", c.DSN(harness.ReplicationUser), "--slot", "wk")
@@ -192,6 +193,7 @@ func TestStreamSurvivesServerRestart(t *testing.T) {
 // the old timeline's last segment is kept as .partial and timeline 2
 // segments arrive.
 func TestStreamFollowsPromotion(t *testing.T) {
+	t.Parallel()
 	primary := harness.StartCluster(t, harness.ClusterOptions{Name: "promo-primary"})
 	primary.Pgbench(t, "-i", "-s", "1", "-q")
 	standby := primary.CreateStandby(t, "promo-standby")

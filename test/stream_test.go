@@ -126,6 +126,7 @@ func waldump(t *testing.T, repo *storage.Repository) {
 // it, then checks that every stored segment is byte-identical to the
 // oracle's, that there is no gap, and that pg_waldump parses the range.
 func TestStreamMatchesPgReceivewal(t *testing.T) {
+	t.Parallel()
 	for _, target := range repoTargets(t) {
 		t.Run(target.name, func(t *testing.T) {
 			c := harness.StartCluster(t, harness.ClusterOptions{Name: "stream-" + target.name})

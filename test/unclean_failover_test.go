@@ -180,6 +180,7 @@ func ufCounts(t *testing.T, c *harness.Cluster) (before, dead, after int) {
 // promotion takes a while. Without the gate, how early the stream's
 // reconnect lands decides whether the bug shows.
 func TestUncleanFailoverArchivesNewTimeline(t *testing.T) {
+	t.Parallel()
 	for _, target := range repoTargets(t) {
 		t.Run(target.name, func(t *testing.T) {
 			f := startUncleanFailover(t, target, "ufa-"+target.name, map[string]string{"wal_keep_size": "256MB"})
@@ -252,6 +253,7 @@ func TestUncleanFailoverArchivesNewTimeline(t *testing.T) {
 // elsewhere, and not retry forever), and status and verify must report the
 // hole.
 func TestUncleanFailoverServerRecycledWAL(t *testing.T) {
+	t.Parallel()
 	target := localRepoTarget(t, "ufr-repo")
 	f := startUncleanFailover(t, target, "ufr", map[string]string{
 		"wal_keep_size": "0", "min_wal_size": "32MB", "max_wal_size": "32MB",
@@ -306,6 +308,7 @@ func TestUncleanFailoverServerRecycledWAL(t *testing.T) {
 // history files, and a backup from timeline 1 restores across both
 // switches to the rows of all three phases; verify and status see no gap.
 func TestStreamFollowsTwoPromotions(t *testing.T) {
+	t.Parallel()
 	p := harness.StartCluster(t, harness.ClusterOptions{Name: "tp-p"})
 	p.Exec(t, "CREATE TABLE tp (phase text, n int)")
 	s1 := p.CreateStandby(t, "tp-s1")

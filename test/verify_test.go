@@ -124,6 +124,7 @@ func rawObject(t *testing.T, repo *storage.Repository, key string) []byte {
 // the first backup and the WAL before the second's start, and verify still
 // passes (the kept backup has everything it needs).
 func TestVerifyAndDeleteRealRepository(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "verify"})
 	c.Pgbench(t, "-i", "-s", "1", "-q")
 	for _, target := range repoTargets(t) {

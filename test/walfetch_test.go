@@ -70,6 +70,7 @@ func waitPrefetcher(t *testing.T, spool string) {
 // are idempotent and never overwrite, and a corrupt object is never
 // written.
 func TestWALFetchAndPush(t *testing.T) {
+	t.Parallel()
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: "walfetch"})
 	targets := repoTargets(t)
 	var streams []*proc
