@@ -256,7 +256,8 @@ func (r *Repository) CompareContent(ctx context.Context, key string, content io.
 // content (of its first Size bytes, for StoredIsPrefix).
 func (r *Repository) compareSealed(ctx context.Context, ks *keyState, key string, content io.Reader) (Match, error) {
 	if ks.cr == nil {
-		return Different, fmt.Errorf("%s: %w: give --encrypt-to to compare content with it", key, ErrNeedIdentity)
+		return Different, Permanent(fmt.Errorf("%w: repository %s is encrypted (%s): give --encrypt-to with its public key (or its passphrase)",
+			ErrEncryptionMismatch, r.b, ks.enc.Method))
 	}
 	m, err := r.CheckStored(ctx, key)
 	if err != nil {
