@@ -40,11 +40,21 @@ func StreamStatusKey(slot string) string { return StreamsPrefix + slot + ".json"
 // BackupMetaKey is the key of a backup's backup.json, its commit marker.
 func BackupMetaKey(id string) string { return BackupsPrefix + id + "/backup.json" }
 
-// FormatVersion is the repository format this walkeeper creates and the
-// newest it can read; it reads and writes every older one in its own
+// FormatVersion is the repository format this walkeeper creates for an
+// unencrypted repository; it reads and writes every older one in its own
 // layout. 2: WAL segments grouped by 4 GB; 3: unfinished segments as
 // appended ranges (older repositories keep whole .partial objects).
 const FormatVersion = 3
+
+// EncryptedFormatVersion is the format of an encrypted repository: format
+// 3's layout with every enveloped object encrypted (envelope version 2).
+// It exists so that a walkeeper that predates encryption refuses such a
+// repository ("upgrade walkeeper") instead of misreading it, while
+// unencrypted repositories stay readable by it.
+const EncryptedFormatVersion = 4
+
+// NewestFormatVersion is the newest format this walkeeper reads.
+const NewestFormatVersion = EncryptedFormatVersion
 
 // BackupKey is the key (without codec extension) of a file of backup id.
 func BackupKey(id, name string) string { return BackupsPrefix + id + "/" + name }

@@ -11,6 +11,8 @@ import (
 	"hash"
 	"io"
 	"sync"
+
+	"filippo.io/age"
 )
 
 // The object envelope. Every object the repository writes (WAL, history
@@ -25,6 +27,18 @@ import (
 // the checksum is known before the end. Readers hold back the final 48 bytes
 // while decompressing and compare them at EOF.
 //
+// In an encrypted repository (crypt.go) the envelope is version 2:
+//
+//	header  16 bytes: "WALKEEP" 0x02 | codec | method (1: age) | 6 zero bytes
+//	body    an age file whose plaintext is the compressed content
+//	trailer 80 bytes: "WKSHAMAC" | uncompressed size | SHA-256 of the
+//	        stored header and body | HMAC-SHA256 of the content, keyed by
+//	        the recipient
+//
+// Header and trailer stay outside the ciphertext, so sizes and stored-byte
+// checksums need no key; an older walkeeper reading a version 2 header
+// stops at "bad header" instead of misreading ciphertext.
+//
 // The SHA-256 covers the stored bytes, so any flipped bit in the object is
 // caught, and it costs a fraction of hashing the content (WAL compresses
 // about 10:1). The decompressed content is checked by each codec's own
@@ -32,13 +46,17 @@ import (
 // per-chunk CRC-32C; for none the stored bytes are the content) and by the
 // recorded size.
 const (
-	headerSize  = 16
-	trailerSize = 48
+	headerSize     = 16
+	trailerSize    = 48
+	encTrailerSize = 80
+	methodAge      = 1
 )
 
 var (
-	headerMagic  = []byte("WALKEEP\x01")
-	trailerMagic = []byte("WKSHA256")
+	headerMagic     = []byte("WALKEEP\x01")
+	encHeaderMagic  = []byte("WALKEEP\x02")
+	trailerMagic    = []byte("WKSHA256")
+	encTrailerMagic = []byte("WKSHAMAC")
 )
 
 // Meta is what an object's envelope records about its content.
@@ -50,48 +68,85 @@ type Meta struct {
 	SHA256 [32]byte
 	// StoredSize is the object's size in the backend.
 	StoredSize int64
+	// Encrypted: the body is an age file (envelope version 2).
+	Encrypted bool
+	// ContentMAC is, for an encrypted object, the HMAC-SHA256 of the
+	// content keyed by the repository's recipient.
+	ContentMAC [32]byte
 }
 
 // Hex returns the checksum in hexadecimal.
 func (m Meta) Hex() string { return hex.EncodeToString(m.SHA256[:]) }
 
-func encodeHeader(c Codec) []byte {
+func encodeHeader(c Codec, encrypted bool) []byte {
 	h := make([]byte, headerSize)
 	copy(h, headerMagic)
+	if encrypted {
+		copy(h, encHeaderMagic)
+		h[len(headerMagic)+1] = methodAge
+	}
 	h[len(headerMagic)] = byte(c)
 	return h
 }
 
-func decodeHeader(key string, h []byte) (Codec, error) {
-	if len(h) < headerSize || !bytes.Equal(h[:len(headerMagic)], headerMagic) {
-		return 0, fmt.Errorf("%s: %w: not a walkeeper object (bad header)", key, ErrCorrupt)
+// decodeHeader returns the codec and whether the body is encrypted.
+func decodeHeader(key string, h []byte) (Codec, bool, error) {
+	if len(h) < headerSize {
+		return 0, false, fmt.Errorf("%s: %w: not a walkeeper object (bad header)", key, ErrCorrupt)
+	}
+	encrypted := bytes.Equal(h[:len(encHeaderMagic)], encHeaderMagic)
+	if !encrypted && !bytes.Equal(h[:len(headerMagic)], headerMagic) {
+		return 0, false, fmt.Errorf("%s: %w: not a walkeeper object (bad header)", key, ErrCorrupt)
+	}
+	if encrypted && h[len(headerMagic)+1] != methodAge {
+		return 0, false, fmt.Errorf("%s: %w: unknown encryption method %d (written by a newer walkeeper?)", key, ErrCorrupt, h[len(headerMagic)+1])
 	}
 	c := Codec(h[len(headerMagic)])
 	if _, ok := codecNames[c]; !ok {
-		return 0, fmt.Errorf("%s: %w: unknown codec %d (written by a newer walkeeper?)", key, ErrCorrupt, byte(c))
+		return 0, false, fmt.Errorf("%s: %w: unknown codec %d (written by a newer walkeeper?)", key, ErrCorrupt, byte(c))
 	}
-	return c, nil
+	return c, encrypted, nil
 }
 
-func encodeTrailer(size int64, sum []byte) []byte {
-	t := make([]byte, 0, trailerSize)
-	t = append(t, trailerMagic...)
+func trailerSizeOf(encrypted bool) int {
+	if encrypted {
+		return encTrailerSize
+	}
+	return trailerSize
+}
+
+func encodeTrailer(size int64, sum, mac []byte) []byte {
+	t := make([]byte, 0, encTrailerSize)
+	if mac != nil {
+		t = append(t, encTrailerMagic...)
+	} else {
+		t = append(t, trailerMagic...)
+	}
 	t = binary.BigEndian.AppendUint64(t, uint64(size))
-	return append(t, sum...)
+	t = append(t, sum...)
+	return append(t, mac...)
 }
 
 type trailer struct {
 	size int64
 	sum  [32]byte
+	mac  [32]byte
 }
 
-func decodeTrailer(key string, t []byte) (trailer, error) {
+func decodeTrailer(key string, t []byte, encrypted bool) (trailer, error) {
 	var tr trailer
-	if len(t) != trailerSize || !bytes.Equal(t[:8], trailerMagic) {
+	magic := trailerMagic
+	if encrypted {
+		magic = encTrailerMagic
+	}
+	if len(t) != trailerSizeOf(encrypted) || !bytes.Equal(t[:8], magic) {
 		return tr, fmt.Errorf("%s: %w: missing or damaged trailer (truncated object?)", key, ErrCorrupt)
 	}
 	tr.size = int64(binary.BigEndian.Uint64(t[8:16]))
 	copy(tr.sum[:], t[16:48])
+	if encrypted {
+		copy(tr.mac[:], t[48:80])
+	}
 	return tr, nil
 }
 
@@ -105,6 +160,8 @@ type Writer struct {
 	pw     *io.PipeWriter
 	out    *hashWriter
 	enc    io.WriteCloser
+	age    io.WriteCloser // the encryption stream under enc, or nil
+	mac    hash.Hash      // of the content, when encrypted
 	n      int64
 	cancel context.CancelFunc
 	done   chan error
@@ -114,7 +171,7 @@ type Writer struct {
 
 var errAborted = errors.New("write aborted")
 
-func newWriter(ctx context.Context, b Backend, key string, c Codec) (*Writer, error) {
+func newWriter(ctx context.Context, b Backend, key string, c Codec, cr *crypter) (*Writer, error) {
 	if err := ValidateKey(key); err != nil {
 		return nil, Permanent(err)
 	}
@@ -127,11 +184,20 @@ func newWriter(ctx context.Context, b Backend, key string, c Codec) (*Writer, er
 		pr.CloseWithError(err) // nil closes: later writes fail, never hang
 		w.done <- err
 	}()
-	if _, err := w.out.Write(encodeHeader(c)); err != nil {
+	if _, err := w.out.Write(encodeHeader(c, cr != nil)); err != nil {
 		w.Abort()
 		return nil, w.putError(err)
 	}
-	enc, err := c.newWriter(w.out)
+	var under io.Writer = w.out
+	if cr != nil {
+		aw, err := age.Encrypt(w.out, cr.recipient)
+		if err != nil {
+			w.Abort()
+			return nil, w.putError(err)
+		}
+		w.age, w.mac, under = aw, cr.mac(), aw
+	}
+	enc, err := c.newWriter(under)
 	if err != nil {
 		w.Abort()
 		return nil, err
@@ -147,6 +213,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	n, err := w.enc.Write(p)
 	w.n += int64(n)
+	if w.mac != nil {
+		w.mac.Write(p[:n])
+	}
 	if err != nil {
 		w.err = w.putError(err)
 		return n, w.err
@@ -177,9 +246,19 @@ func (w *Writer) Close() (Meta, error) {
 		w.Abort()
 		return m, w.putError(err)
 	}
+	var mac []byte
+	if w.age != nil {
+		if err := w.age.Close(); err != nil {
+			w.Abort()
+			return m, w.putError(err)
+		}
+		mac = w.mac.Sum(nil)
+		copy(m.ContentMAC[:], mac)
+		m.Encrypted = true
+	}
 	copy(m.SHA256[:], w.out.h.Sum(nil))
-	m.Codec, m.Size, m.StoredSize = w.codec, w.n, w.out.n+trailerSize
-	if _, err := w.pw.Write(encodeTrailer(w.n, m.SHA256[:])); err != nil {
+	m.Codec, m.Size, m.StoredSize = w.codec, w.n, w.out.n+int64(trailerSizeOf(m.Encrypted))
+	if _, err := w.pw.Write(encodeTrailer(w.n, m.SHA256[:], mac)); err != nil {
 		w.Abort()
 		return m, w.putError(err)
 	}
@@ -210,13 +289,15 @@ type Reader struct {
 	body  io.ReadCloser
 	tail  *tailReader
 	dec   io.ReadCloser
+	plain io.Reader // what the decoder reads: the tail, or the decrypted tail
+	enc   bool
 	codec Codec
 	n     int64
 	meta  Meta
 	err   error
 }
 
-func openReader(ctx context.Context, b Backend, key string) (*Reader, error) {
+func openReader(ctx context.Context, b Backend, key string, cr *crypter) (*Reader, error) {
 	body, err := b.Get(ctx, key, 0, -1)
 	if err != nil {
 		return nil, err
@@ -229,19 +310,29 @@ func openReader(ctx context.Context, b Backend, key string) (*Reader, error) {
 		}
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
-	c, err := decodeHeader(key, h)
+	c, encrypted, err := decodeHeader(key, h)
 	if err != nil {
 		body.Close()
 		return nil, err
 	}
-	tail := newTailReader(body, trailerSize)
+	tail := newTailReader(body, trailerSizeOf(encrypted))
 	tail.h.Write(h)
-	dec, err := c.newReader(tail)
+	var plain io.Reader = tail
+	if encrypted {
+		if plain, err = cr.decrypt(key, tail); err != nil {
+			body.Close()
+			if tail.err != nil {
+				return nil, fmt.Errorf("read %s: %w", key, tail.err)
+			}
+			return nil, err
+		}
+	}
+	dec, err := c.newReader(plain)
 	if err != nil {
 		body.Close()
 		return nil, fmt.Errorf("%s: %w: %w", key, ErrCorrupt, err)
 	}
-	return &Reader{key: key, body: body, tail: tail, dec: dec, codec: c}, nil
+	return &Reader{key: key, body: body, tail: tail, dec: dec, plain: plain, enc: encrypted, codec: c}, nil
 }
 
 // Read returns decompressed content.
@@ -272,14 +363,24 @@ func (r *Reader) Read(p []byte) (int, error) {
 func (r *Reader) verify() error {
 	// The decoder may stop at the end of its frame; anything between that
 	// and the trailer is damage.
-	extra, err := io.Copy(io.Discard, r.tail)
+	extra, err := io.Copy(io.Discard, r.plain)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", r.key, err)
+		if r.tail.err != nil {
+			return fmt.Errorf("read %s: %w", r.key, err)
+		}
+		return fmt.Errorf("%s: %w: %w", r.key, ErrCorrupt, err)
+	}
+	if r.enc {
+		more, err := io.Copy(io.Discard, r.tail)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", r.key, err)
+		}
+		extra += more
 	}
 	if extra > 0 {
 		return fmt.Errorf("%s: %w: %d unexpected bytes after the compressed body", r.key, ErrCorrupt, extra)
 	}
-	tr, err := decodeTrailer(r.key, r.tail.held())
+	tr, err := decodeTrailer(r.key, r.tail.held(), r.enc)
 	if err != nil {
 		return err
 	}
@@ -289,7 +390,7 @@ func (r *Reader) verify() error {
 	if tr.size != r.n {
 		return fmt.Errorf("%s: %w: content is %d bytes, trailer says %d", r.key, ErrCorrupt, r.n, tr.size)
 	}
-	r.meta = Meta{Codec: r.codec, Size: tr.size, SHA256: tr.sum}
+	r.meta = Meta{Codec: r.codec, Size: tr.size, SHA256: tr.sum, Encrypted: r.enc, ContentMAC: tr.mac}
 	return nil
 }
 
@@ -313,7 +414,7 @@ func (r *Reader) CheckStored() error {
 		r.err = fmt.Errorf("read %s: %w", r.key, err)
 		return r.err
 	}
-	tr, err := decodeTrailer(r.key, r.tail.held())
+	tr, err := decodeTrailer(r.key, r.tail.held(), r.enc)
 	if err != nil {
 		r.err = err
 		return err

@@ -65,6 +65,8 @@ type Options struct {
 	Compression string
 	// S3 carries the S3 settings; Bucket and Prefix come from Repo.
 	S3 S3Options
+	// Keys are the encryption keys (none: an unencrypted repository).
+	Keys Keys
 }
 
 // Open assembles a Repository from opts: the one place where backends and
@@ -81,6 +83,9 @@ func Open(ctx context.Context, opts Options) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckKeys(opts.Keys); err != nil {
+		return nil, err
+	}
 	var b Backend
 	switch loc.Scheme {
 	case "file":
@@ -93,5 +98,7 @@ func Open(ctx context.Context, opts Options) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewRepository(b, codec), nil
+	// Compression and encryption are layers of the object envelope
+	// (object.go): compress, then encrypt, in one stream per object.
+	return NewRepository(b, codec).WithKeys(opts.Keys), nil
 }

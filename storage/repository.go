@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,11 +26,103 @@ type Repository struct {
 	// format is the format_version of walkeeper.json once read or created
 	// (0 before): a repository's format never changes.
 	format atomic.Int64
+
+	keys  Keys
+	keyMu sync.Mutex
+	ks    *keyState // nil until walkeeper.json was read and the keys checked
+}
+
+// keyState is the repository's encryption once checked: enc is
+// walkeeper.json's "encryption" (nil: not encrypted), cr the keys that fit
+// it (nil: none given).
+type keyState struct {
+	enc *EncryptionConfig
+	cr  *crypter
 }
 
 // NewRepository wraps b; new objects are compressed with codec.
 func NewRepository(b Backend, codec Codec) *Repository {
 	return &Repository{b: b, codec: codec}
+}
+
+// WithKeys sets the encryption keys the repository is used with; call it
+// before any other method. They are checked against walkeeper.json when
+// it is first read: keys for an unencrypted repository, none for a write
+// into an encrypted one, or another repository's key are refused.
+func (r *Repository) WithKeys(k Keys) *Repository {
+	r.keys = k
+	return r
+}
+
+// keyState reads walkeeper.json once and checks the keys against it. A
+// repository without walkeeper.json yet gives an error matching
+// ErrNotFound.
+func (r *Repository) keyState(ctx context.Context) (*keyState, error) {
+	r.keyMu.Lock()
+	defer r.keyMu.Unlock()
+	if r.ks != nil {
+		return r.ks, nil
+	}
+	cfg, err := r.Config(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cr, err := newCrypter(r.keys, cfg.Encryption, r.b.String(), false)
+	if err != nil {
+		return nil, err
+	}
+	r.ks = &keyState{enc: cfg.Encryption, cr: cr}
+	return r.ks, nil
+}
+
+// writeCrypter is what Create encrypts with: nil for an unencrypted
+// repository, an error when the keys given cannot write this one.
+func (r *Repository) writeCrypter(ctx context.Context) (*crypter, error) {
+	ks, err := r.keyState(ctx)
+	if errors.Is(err, ErrNotFound) {
+		if r.keys.Given() {
+			return nil, Permanent(fmt.Errorf("repository %s has no %s yet: an encrypted repository is created by 'walkeeper stream' or 'walkeeper backup'",
+				r.b, ConfigKey))
+		}
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ks.enc != nil && ks.cr == nil {
+		return nil, Permanent(fmt.Errorf("%w: repository %s is encrypted (%s): give --encrypt-to with its public key (or its passphrase)",
+			ErrEncryptionMismatch, r.b, ks.enc.Method))
+	}
+	return ks.cr, nil
+}
+
+// Encrypted reports whether the repository is encrypted, and whether the
+// keys given can read its content.
+func (r *Repository) Encrypted(ctx context.Context) (encrypted, canRead bool, err error) {
+	ks, err := r.keyState(ctx)
+	if errors.Is(err, ErrNotFound) {
+		return r.keys.Given(), r.keys.IdentityFile != "" || r.keys.Passphrase != "", nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	return ks.enc != nil, ks.enc == nil || ks.cr.canRead(), nil
+}
+
+// NeedContent returns nil when the repository's content can be read with
+// the keys given, and otherwise an error saying which key is missing:
+// commands that read content (restore, wal-fetch) call it before they
+// write anything.
+func (r *Repository) NeedContent(ctx context.Context) error {
+	ks, err := r.keyState(ctx)
+	if err != nil || ks.enc == nil || ks.cr.canRead() {
+		return err
+	}
+	if ks.enc.Method == MethodPassphrase {
+		return Permanent(fmt.Errorf("%w: repository %s is encrypted with a passphrase: set WALKEEPER_PASSPHRASE or --passphrase-file", ErrNeedIdentity, r.b))
+	}
+	return Permanent(fmt.Errorf("%w: repository %s is encrypted: give --identity-file with its private key (the public key alone cannot decrypt)",
+		ErrNeedIdentity, r.b))
 }
 
 // Backend returns the underlying backend.
@@ -44,7 +137,11 @@ func (r *Repository) String() string { return r.b.String() }
 // the stored key gets the codec's extension. Close the Writer to commit it,
 // or Abort it.
 func (r *Repository) Create(ctx context.Context, base string) (*Writer, error) {
-	return newWriter(ctx, r.b, base+r.codec.Ext(), r.codec)
+	cr, err := r.writeCrypter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newWriter(ctx, r.b, base+r.codec.Ext(), r.codec, cr)
 }
 
 // Find returns the stored key of the object base, whatever codec it was
@@ -87,7 +184,15 @@ func (r *Repository) Find(ctx context.Context, base string) (ObjectInfo, error) 
 // Open opens the stored object key (as listed, with its extension) for a
 // verified read.
 func (r *Repository) Open(ctx context.Context, key string) (*Reader, error) {
-	return openReader(ctx, r.b, key)
+	var cr *crypter
+	ks, err := r.keyState(ctx)
+	switch {
+	case err == nil:
+		cr = ks.cr
+	case !errors.Is(err, ErrNotFound):
+		return nil, err
+	}
+	return openReader(ctx, r.b, key, cr)
 }
 
 // Match is how a stored object's content relates to other content.
@@ -105,6 +210,9 @@ const (
 // damaged object is an error (matching ErrCorrupt), never "different". It
 // works whatever codec either side used.
 func (r *Repository) CompareContent(ctx context.Context, key string, content io.Reader) (Match, error) {
+	if ks, err := r.keyState(ctx); err == nil && ks.enc != nil {
+		return r.compareSealed(ctx, ks, key, content)
+	}
 	obj, err := r.Open(ctx, key)
 	if err != nil {
 		return Different, err
@@ -142,6 +250,78 @@ func (r *Repository) CompareContent(ctx context.Context, key string, content io.
 	return Same, nil
 }
 
+// compareSealed is CompareContent for an encrypted repository, with the
+// public key alone: it reads the stored object to its end, checking its
+// stored bytes, and compares the trailer's content MAC with the MAC of
+// content (of its first Size bytes, for StoredIsPrefix).
+func (r *Repository) compareSealed(ctx context.Context, ks *keyState, key string, content io.Reader) (Match, error) {
+	if ks.cr == nil {
+		return Different, Permanent(fmt.Errorf("%w: repository %s is encrypted (%s): give --encrypt-to with its public key (or its passphrase)",
+			ErrEncryptionMismatch, r.b, ks.enc.Method))
+	}
+	m, err := r.CheckStored(ctx, key)
+	if err != nil {
+		return Different, err
+	}
+	if !m.Encrypted {
+		return Different, fmt.Errorf("%s: %w: an unencrypted object in an encrypted repository", key, ErrCorrupt)
+	}
+	h := ks.cr.mac()
+	n, err := io.Copy(h, io.LimitReader(content, m.Size))
+	if err != nil {
+		return Different, err
+	}
+	if n != m.Size || !hmac.Equal(h.Sum(nil), m.ContentMAC[:]) {
+		return Different, nil
+	}
+	extra, err := content.Read(make([]byte, 1))
+	if extra > 0 {
+		return StoredIsPrefix, nil
+	}
+	if err != nil && err != io.EOF {
+		return Different, err
+	}
+	return Same, nil
+}
+
+// CheckStored reads the stored object key to its end and checks its header
+// and the SHA-256 of its stored bytes against the trailer, without
+// decompressing or decrypting: what can be verified without the private
+// key. It returns the object's Meta.
+func (r *Repository) CheckStored(ctx context.Context, key string) (Meta, error) {
+	body, err := r.b.Get(ctx, key, 0, -1)
+	if err != nil {
+		return Meta{}, err
+	}
+	defer body.Close()
+	h := make([]byte, headerSize)
+	if _, err := io.ReadFull(body, h); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return Meta{}, fmt.Errorf("%s: %w: shorter than its header", key, ErrCorrupt)
+		}
+		return Meta{}, fmt.Errorf("read %s: %w", key, err)
+	}
+	c, encrypted, err := decodeHeader(key, h)
+	if err != nil {
+		return Meta{}, err
+	}
+	tail := newTailReader(body, trailerSizeOf(encrypted))
+	tail.h.Write(h)
+	n, err := io.CopyBuffer(io.Discard, tail, make([]byte, 256<<10))
+	if err != nil {
+		return Meta{}, fmt.Errorf("read %s: %w", key, err)
+	}
+	tr, err := decodeTrailer(key, tail.held(), encrypted)
+	if err != nil {
+		return Meta{}, err
+	}
+	if !bytes.Equal(tr.sum[:], tail.h.Sum(nil)) {
+		return Meta{}, fmt.Errorf("%s: %w: SHA-256 of the stored bytes does not match", key, ErrCorrupt)
+	}
+	return Meta{Codec: c, Size: tr.size, SHA256: tr.sum, StoredSize: headerSize + n + int64(len(tail.held())),
+		Encrypted: encrypted, ContentMAC: tr.mac}, nil
+}
+
 // SameContent reports whether the stored object key holds exactly the
 // bytes content yields (see CompareContent).
 func (r *Repository) SameContent(ctx context.Context, key string, content io.Reader) (bool, error) {
@@ -163,19 +343,23 @@ func (r *Repository) Meta(ctx context.Context, key string) (Meta, error) {
 	if err != nil {
 		return Meta{}, err
 	}
-	c, err := decodeHeader(key, h)
+	c, encrypted, err := decodeHeader(key, h)
 	if err != nil {
 		return Meta{}, err
 	}
-	t, err := r.readRange(ctx, key, st.Size-trailerSize, trailerSize)
+	ts := int64(trailerSizeOf(encrypted))
+	if st.Size < headerSize+ts {
+		return Meta{}, fmt.Errorf("%s: %w: only %d bytes", key, ErrCorrupt, st.Size)
+	}
+	t, err := r.readRange(ctx, key, st.Size-ts, ts)
 	if err != nil {
 		return Meta{}, err
 	}
-	tr, err := decodeTrailer(key, t)
+	tr, err := decodeTrailer(key, t, encrypted)
 	if err != nil {
 		return Meta{}, err
 	}
-	return Meta{Codec: c, Size: tr.size, SHA256: tr.sum, StoredSize: st.Size}, nil
+	return Meta{Codec: c, Size: tr.size, SHA256: tr.sum, StoredSize: st.Size, Encrypted: encrypted, ContentMAC: tr.mac}, nil
 }
 
 func (r *Repository) readRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
@@ -200,6 +384,9 @@ type Config struct {
 	PGMajorVersion   int       `json:"pg_major_version"`
 	WALSegmentSize   uint64    `json:"wal_segment_size"`
 	CreatedAt        time.Time `json:"created_at"`
+	// Encryption is present exactly when the repository is encrypted
+	// (format 4).
+	Encryption *EncryptionConfig `json:"encryption,omitempty"`
 }
 
 // ErrWrongCluster means the repository belongs to another PostgreSQL cluster
@@ -223,12 +410,15 @@ func (r *Repository) Config(ctx context.Context) (*Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("%s in %s: %w: %w", ConfigKey, r.b, ErrCorrupt, err)
 	}
-	if c.FormatVersion > FormatVersion {
+	if c.FormatVersion > NewestFormatVersion {
 		return nil, Permanent(fmt.Errorf("%w: repository %s has format %d, newer than this walkeeper supports (%d): upgrade walkeeper",
-			ErrWrongCluster, r.b, c.FormatVersion, FormatVersion))
+			ErrWrongCluster, r.b, c.FormatVersion, NewestFormatVersion))
 	}
 	if c.FormatVersion < 1 {
 		return nil, Permanent(fmt.Errorf("%s in %s: %w: format_version %d", ConfigKey, r.b, ErrCorrupt, c.FormatVersion))
+	}
+	if (c.FormatVersion >= EncryptedFormatVersion) != (c.Encryption != nil) {
+		return nil, Permanent(fmt.Errorf("%s in %s: %w: format_version %d and encryption settings disagree", ConfigKey, r.b, ErrCorrupt, c.FormatVersion))
 	}
 	r.format.Store(int64(c.FormatVersion))
 	return &c, nil
@@ -259,7 +449,18 @@ func (r *Repository) Format(ctx context.Context) (int, error) {
 func (r *Repository) Init(ctx context.Context, want Config) (*Config, error) {
 	have, err := r.Config(ctx)
 	if errors.Is(err, ErrNotFound) {
-		want.FormatVersion = FormatVersion
+		enc, err := newEncryptionConfig(r.keys)
+		if err != nil {
+			return nil, err
+		}
+		cr, err := newCrypter(r.keys, enc, r.b.String(), true)
+		if err != nil {
+			return nil, err
+		}
+		want.FormatVersion, want.Encryption = FormatVersion, enc
+		if enc != nil {
+			want.FormatVersion = EncryptedFormatVersion
+		}
 		if want.CreatedAt.IsZero() {
 			want.CreatedAt = time.Now().UTC().Truncate(time.Second)
 		}
@@ -271,9 +472,16 @@ func (r *Repository) Init(ctx context.Context, want Config) (*Config, error) {
 			return nil, fmt.Errorf("create %s: %w", ConfigKey, err)
 		}
 		r.format.Store(int64(want.FormatVersion))
+		r.keyMu.Lock()
+		r.ks = &keyState{enc: enc, cr: cr}
+		r.keyMu.Unlock()
 		return &want, nil
 	}
 	if err != nil {
+		return nil, err
+	}
+	// Encryption first: nothing may be written with keys that do not fit.
+	if _, err := newCrypter(r.keys, have.Encryption, r.b.String(), true); err != nil {
 		return nil, err
 	}
 	var diffs []string

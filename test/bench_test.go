@@ -6,11 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/walkeeper/walkeeper/storage"
 	"github.com/walkeeper/walkeeper/test/harness"
 )
 
@@ -61,6 +63,16 @@ func BenchmarkStream1GB(b *testing.B) {
 			}})
 		}
 	}
+	// Encrypted (issue 16): zstd, then age to a public key, same run.
+	_, recipient := benchKeys(b)
+	runs = append(runs, struct {
+		name string
+		slot string
+		args func(dir, endpos, slot string) (string, []string)
+	}{"walkeeper-zstd-age", "walkeeper_zstd_age", func(dir, end, slot string) (string, []string) {
+		return bin, []string{"stream", "--repo", dir, "--compression", "zstd", "--encrypt-to", recipient, "--slot", slot, "--endpos", end,
+			"--dsn", c.DSN(harness.ReplicationUser)}
+	}})
 	for _, r := range runs {
 		c.Exec(b, fmt.Sprintf("SELECT pg_create_physical_replication_slot('%s', true)", r.slot))
 	}
@@ -131,6 +143,7 @@ func BenchmarkBackup1GB(b *testing.B) {
 	c.Exec(b, "CHECKPOINT")
 	dbSize := c.QueryString(b, "SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
 	b.Logf("database size: %s bytes", dbSize)
+	dbBytes, _ := strconv.ParseFloat(dbSize, 64)
 	pgbackrest, _ := exec.LookPath("pgbackrest")
 	b.ResetTimer()
 	for range b.N {
@@ -139,10 +152,11 @@ func BenchmarkBackup1GB(b *testing.B) {
 			cmd  func(dir string) *exec.Cmd
 		}
 		repos := map[string]string{}
-		walkeeperBackup := func(bin, codec string) func(dir string) *exec.Cmd {
+		idFile, recipient := benchKeys(b)
+		walkeeperBackup := func(bin, codec string, extra ...string) func(dir string) *exec.Cmd {
 			return func(dir string) *exec.Cmd {
-				cmd := exec.Command(bin, "backup", "--repo", dir, "--compression", codec, "--dsn", c.DSN(harness.ReplicationUser),
-					"--checkpoint", "fast", "--wal", "include")
+				cmd := exec.Command(bin, append([]string{"backup", "--repo", dir, "--compression", codec, "--dsn", c.DSN(harness.ReplicationUser),
+					"--checkpoint", "fast", "--wal", "include"}, extra...)...)
 				cmd.Env = append(os.Environ(), "WALKEEPER_LOG_LEVEL=warn")
 				return cmd
 			}
@@ -150,6 +164,7 @@ func BenchmarkBackup1GB(b *testing.B) {
 		backups := []job{
 			{"walkeeper-zstd", walkeeperBackup(bin, "zstd")},
 			{"walkeeper-lz4", walkeeperBackup(bin, "lz4")},
+			{"walkeeper-zstd-age", walkeeperBackup(bin, "zstd", "--encrypt-to", recipient)},
 		}
 		if before != "" {
 			backups = append(backups, job{"walkeeper-before-zstd", walkeeperBackup(before, "zstd")},
@@ -188,6 +203,7 @@ func BenchmarkBackup1GB(b *testing.B) {
 			}
 			m := measure(b, r.name, r.cmd(dir), dir)
 			benchRecord("backup wall-s", r.name, m.wall.Seconds())
+			benchRecord("backup cpu-s/GB", r.name, m.cpu.Seconds()/(dbBytes/1e9))
 			benchRecord("backup peak-RSS-MB", r.name, m.rssMB)
 			b.ReportMetric(m.wall.Seconds(), r.name+"-wall-s")
 			b.Logf("backup  %-26s wall %6.1f s  CPU %6.1f s  peak RSS %6.1f MB  stored %7.1f MB",
@@ -203,6 +219,7 @@ func BenchmarkBackup1GB(b *testing.B) {
 			{"walkeeper-parallel-1", walkeeperRestore(bin, repos["walkeeper-zstd"], "--parallel", "1")},
 			{"walkeeper-parallel-2", walkeeperRestore(bin, repos["walkeeper-zstd"], "--parallel", "2")},
 			{"walkeeper-zstd", walkeeperRestore(bin, repos["walkeeper-zstd"])},
+			{"walkeeper-zstd-age", walkeeperRestore(bin, repos["walkeeper-zstd-age"], "--identity-file", idFile)},
 		}
 		if before != "" {
 			restores = append(restores, job{"walkeeper-before-zstd", walkeeperRestore(before, repos["walkeeper-before-zstd"])})
@@ -223,12 +240,26 @@ func BenchmarkBackup1GB(b *testing.B) {
 			}
 			m := measure(b, "restore "+r.name, r.cmd(dir), dir)
 			benchRecord("restore wall-s", r.name, m.wall.Seconds())
+			benchRecord("restore cpu-s/GB", r.name, m.cpu.Seconds()/(dbBytes/1e9))
 			benchRecord("restore peak-RSS-MB", r.name, m.rssMB)
 			b.Logf("restore %-26s wall %6.1f s  CPU %6.1f s  peak RSS %6.1f MB  restored %7.1f MB",
 				r.name, m.wall.Seconds(), m.cpu.Seconds(), m.rssMB, m.storedMB)
 			os.RemoveAll(parent)
 		}
 	}
+}
+
+// benchKeys writes a fresh age key pair for the encrypted runs.
+func benchKeys(b *testing.B) (identityFile, recipient string) {
+	id, rec, err := storage.GenerateKeyPair()
+	if err != nil {
+		b.Fatal(err)
+	}
+	identityFile = filepath.Join(harness.MakeDir(b, "bench-keys"), "key.txt")
+	if err := os.WriteFile(identityFile, []byte(id+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return identityFile, rec
 }
 
 // run is what one benchmarked command cost.

@@ -60,6 +60,19 @@ var (
 		Value: "8MB",
 		Usage: "multipart upload part `SIZE` (min 5MB); memory per upload is about (concurrency+1) x SIZE",
 	}
+	encryptToFlag = &cli.StringFlag{
+		Name: "encrypt-to",
+		Usage: "encrypt the repository to this age public `KEY` (age1...): all that stream, backup and wal-push need; " +
+			"the private key stays off the database host (docs/encryption.md)",
+	}
+	identityFileFlag = &cli.StringFlag{
+		Name:  "identity-file",
+		Usage: "age private key `FILE` (from 'walkeeper keygen'): restore, wal-fetch and verify of contents need it",
+	}
+	passphraseFileFlag = &cli.StringFlag{
+		Name:  "passphrase-file",
+		Usage: "passphrase mode: read the repository's passphrase from `FILE` (or set " + passphraseEnv + "; never on the command line)",
+	}
 	s3ConcurrencyFlag = &cli.IntFlag{
 		Name:  "s3-concurrency",
 		Value: 4,
@@ -70,6 +83,33 @@ var (
 var commonFlags = []cli.Flag{
 	configFlag, repoFlag, dsnFlag, compressionFlag, logFormatFlag, logLevelFlag,
 	s3EndpointFlag, s3RegionFlag, s3PathStyleFlag, s3PartSizeFlag, s3ConcurrencyFlag,
+	encryptToFlag, identityFileFlag, passphraseFileFlag,
+}
+
+// passphraseEnv holds the passphrase mode's secret. It has no flag: a
+// command line is visible to every user of the host (ps, /proc).
+const passphraseEnv = "WALKEEPER_PASSPHRASE"
+
+// encryptionKeys reads the encryption settings of c. The passphrase comes
+// from the environment or a file, never argv; nothing here logs a key.
+func encryptionKeys(c *cli.Context) (storage.Keys, error) {
+	k := storage.Keys{Recipient: c.String(encryptToFlag.Name), IdentityFile: c.String(identityFileFlag.Name)}
+	if path := c.String(passphraseFileFlag.Name); path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return k, fmt.Errorf("--passphrase-file: %w", err)
+		}
+		k.Passphrase = strings.TrimRight(string(data), "\r\n")
+		if k.Passphrase == "" {
+			return k, usagef("--passphrase-file %s is empty", path)
+		}
+	} else if p := os.Getenv(passphraseEnv); p != "" {
+		k.Passphrase = p
+	}
+	if err := storage.CheckKeys(k); err != nil {
+		return k, usageError{err}
+	}
+	return k, nil
 }
 
 // envName is the environment variable of a flag: WALKEEPER_ and the flag's
@@ -248,7 +288,12 @@ func openRepository(c *cli.Context) (*storage.Repository, error) {
 	if err != nil {
 		return nil, usagef("--s3-part-size: %v", err)
 	}
+	keys, err := encryptionKeys(c)
+	if err != nil {
+		return nil, err
+	}
 	return storage.Open(c.Context, storage.Options{
+		Keys:        keys,
 		Repo:        c.String(repoFlag.Name),
 		Compression: c.String(compressionFlag.Name),
 		S3: storage.S3Options{

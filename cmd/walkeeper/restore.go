@@ -136,6 +136,11 @@ func restoreAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// Before anything is written: an encrypted repository needs the
+	// private key to restore.
+	if err := repo.NeedContent(c.Context); err != nil {
+		return err
+	}
 	if rec.AsReplica {
 		if err := replicaSettings(c, &rec); err != nil {
 			return err
@@ -183,6 +188,26 @@ func walFetchCommand(c *cli.Context, fatal bool) (cmd, exe string, err error) {
 	}
 	if c.Bool(s3PathStyleFlag.Name) {
 		args = append(args, "--s3-path-style")
+	}
+	// The key by its path: the file is read by wal-fetch, so no secret
+	// lands in postgresql.auto.conf. The server's OS user must be able to
+	// read it.
+	if v := c.String(identityFileFlag.Name); v != "" {
+		abs, err := filepath.Abs(v)
+		if err != nil {
+			return "", "", err
+		}
+		args = append(args, "--identity-file", abs)
+	}
+	if v := c.String(passphraseFileFlag.Name); v != "" {
+		abs, err := filepath.Abs(v)
+		if err != nil {
+			return "", "", err
+		}
+		args = append(args, "--passphrase-file", abs)
+	} else if os.Getenv(passphraseEnv) != "" {
+		return "", "", usagef("restore_command cannot carry the passphrase of %s: give it with --passphrase-file FILE "+
+			"(readable by the server's OS user) instead", passphraseEnv)
 	}
 	if fatal {
 		args = append(args, "--fatal-errors")

@@ -118,6 +118,11 @@ func walFetch(c *cli.Context) error {
 		}
 		return err
 	}
+	// Missing keys are a failure (exit 1), never "not found": recovery
+	// would take that for the end of the archive and promote.
+	if err := repo.NeedContent(c.Context); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("%w: %w", errRepoSetup, err)
+	}
 	var opts restore.FetchOptions
 	if prefetch > 0 {
 		opts.Spool = restore.PrefetchDir(dest)
@@ -213,6 +218,9 @@ func walPrefetchAction(c *cli.Context) error {
 	}
 	repo, err := openRepository(c)
 	if err != nil {
+		return err
+	}
+	if err := repo.NeedContent(c.Context); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(c.Context, prefetchTimeout)

@@ -64,6 +64,10 @@ type Index struct {
 	// HistoryErrors holds, by key, the history files that could not be
 	// read or parsed.
 	HistoryErrors map[string]error
+	// HistorySealed lists the history files of an encrypted repository
+	// that could not be read because only the public key was given; the
+	// graph lacks them.
+	HistorySealed []string
 }
 
 func newIndex(l Layout, segSize, from uint64) *Index {
@@ -248,6 +252,12 @@ func (ix *Index) readHistories(ctx context.Context, repo *storage.Repository) er
 	for _, t := range slices.Sorted(maps.Keys(ix.histories)) {
 		o := ix.Objects[ix.histories[t]]
 		content, err := readSmall(ctx, repo, o.Key)
+		if errors.Is(err, storage.ErrNeedIdentity) {
+			// An encrypted repository read with the public key only (the
+			// stream: its timeline path comes from the server).
+			ix.HistorySealed = append(ix.HistorySealed, o.Key)
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
