@@ -89,7 +89,7 @@ func incrementalChain(t *testing.T, major int) {
 		return strings.TrimSpace(stdout), stderr
 	}
 	c.Exec(t, "CREATE TABLE new_t (i int)") // so tableSums can read it before it has rows
-	full, _ := backup("--incremental") // no parent yet: a full backup
+	full, _ := backup("--incremental")      // no parent yet: a full backup
 	p0 := point(full)
 
 	// Changes between the full backup and the first incremental.
