@@ -50,6 +50,14 @@ type Options struct {
 	// Progress, when set, is called as data arrives with the bytes sent so
 	// far and the server's estimate of the total.
 	Progress func(done, total int64)
+	// Incremental takes an incremental backup (PostgreSQL 17+ with
+	// summarize_wal = on) against the newest complete backup on the
+	// server's timeline history, or a full one when there is no usable
+	// parent (the log says why).
+	Incremental bool
+	// MaxChain is how many incremental backups may follow a full one
+	// (default DefaultMaxChain).
+	MaxChain int
 	// Version is recorded in backup.json.
 	Version string
 	Log     *slog.Logger
@@ -74,6 +82,9 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
+	}
+	if opts.MaxChain <= 0 {
+		opts.MaxChain = DefaultMaxChain
 	}
 	conn, err := replication.Connect(ctx, opts.DSN, "walkeeper backup", opts.ConnectTimeout)
 	if err != nil {
@@ -138,13 +149,21 @@ func runLocked(ctx context.Context, opts Options, lock *storage.Lock, conn *pgco
 			}
 		}
 	}
+	var inc choice
+	if opts.Incremental {
+		var err error
+		if inc, err = chooseParent(ctx, opts, conn, sys); err != nil {
+			return nil, err
+		}
+		logChoice(log, inc)
+	}
 	// The first object of every backup: until backup.json joins it, list
 	// shows the backup as incomplete, whatever happens to this process.
 	id, err := startBackup(ctx, opts.Repo, walMode, time.Now, rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	b := &backup{opts: opts, log: log.With("backup", id), id: id, sys: sys, walMode: walMode, conn: conn, lock: lock}
+	b := &backup{opts: opts, log: log.With("backup", id), id: id, sys: sys, walMode: walMode, conn: conn, lock: lock, parent: inc.parent, parentManifest: inc.manifest}
 	meta, err := b.run(ctx)
 	if err != nil {
 		b.cleanup()
@@ -189,6 +208,9 @@ type backup struct {
 	conn    *pgconn.PgConn
 	lock    *storage.Lock
 	ctx     context.Context
+	// parent is the backup an incremental backup builds on (nil: full).
+	parent         *Meta
+	parentManifest Object
 
 	oq       *objectQueue
 	split    *tarSplitter // the current tablespace archive's; nil for the manifest
@@ -218,6 +240,12 @@ func (b *backup) run(ctx context.Context) (*Meta, error) {
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("create temporary slot to hold WAL: %w", replication.Classify(err, slot))
+		}
+	}
+	if b.parent != nil {
+		// Right before BASE_BACKUP, which uses the uploaded manifest.
+		if err := uploadManifest(ctx, b.opts.Repo, b.conn, b.parent, b.parentManifest); err != nil {
+			return nil, err
 		}
 	}
 	cmd := b.command(label)
@@ -268,6 +296,11 @@ func (b *backup) run(ctx context.Context) (*Meta, error) {
 		FromStandby: b.sys.InRecovery, WAL: b.walMode, Compression: b.opts.Repo.Codec().String(),
 		Objects: b.objects, Tablespaces: res.tablespaces, ChecksumFailures: b.failures, WalkeeperVersion: b.opts.Version,
 	}
+	if b.parent != nil {
+		meta.Kind, meta.Parent, meta.Chain = KindIncremental, b.parent.ID, b.parent.Members()
+	} else {
+		meta.Kind = KindFull
+	}
 	if meta.ChecksumFailures == nil {
 		meta.ChecksumFailures = []ChecksumFailure{}
 	}
@@ -306,6 +339,9 @@ func (b *backup) command(label string) string {
 	}
 	if b.walMode == WALInclude {
 		opts = append(opts, "WAL")
+	}
+	if b.parent != nil {
+		opts = append(opts, "INCREMENTAL")
 	}
 	return "BASE_BACKUP (" + strings.Join(opts, ", ") + ")"
 }

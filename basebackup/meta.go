@@ -68,6 +68,17 @@ type Meta struct {
 	Tablespaces      []Tablespace      `json:"tablespaces"`
 	ChecksumFailures []ChecksumFailure `json:"checksum_failures"`
 	WalkeeperVersion string            `json:"walkeeper_version,omitempty"`
+	// Kind is KindFull or KindIncremental (absent: full, backups written
+	// before incremental backups existed).
+	Kind string `json:"kind,omitempty"`
+	// Parent is, for an incremental backup, the backup whose manifest the
+	// server compared against: its relation files hold only the blocks
+	// changed since then.
+	Parent string `json:"parent,omitempty"`
+	// Chain is, for an incremental backup, every backup it is restored
+	// with, oldest first: the full backup, the incrementals after it, and
+	// Parent last.
+	Chain []string `json:"chain,omitempty"`
 }
 
 // Info is what `list` shows of one backup, complete or not.

@@ -20,6 +20,8 @@ import (
 //     deletes those that started before a time; with both, a backup goes
 //     only when both rules say so.
 //   - Deleting every complete backup needs Force.
+//   - Chains stay whole: a kept incremental backup keeps the backups of its
+//     chain (and so every backup newer than its full one).
 //   - A backup's backup.json goes first, so a half-deleted backup is
 //     incomplete, never a complete one with missing parts.
 //   - An incomplete backup goes when it started before the oldest kept
@@ -253,6 +255,45 @@ func planRetention(in retentionInput, opts RetentionOptions) (*RetentionResult, 
 		}
 		res.Backups = append(res.Backups, removal(b, in.objects[b.ID]))
 		newestDeleted = b.StartTime()
+	}
+	// Whole chains go together: a kept incremental backup keeps every
+	// backup it is restored with, and with them every newer one (only a
+	// prefix of the oldest goes).
+	if len(kept) > 0 && len(res.Backups) > 0 {
+		needed := map[string]bool{}
+		for _, b := range kept {
+			for _, id := range b.Meta.Chain {
+				needed[id] = true
+			}
+		}
+		cut := len(res.Backups)
+		for i, rb := range res.Backups {
+			if needed[rb.ID] {
+				cut = i
+				break
+			}
+		}
+		if back := res.Backups[cut:]; len(back) > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("%d older backups stay because kept incremental backups are restored with them (from %s on)", len(back), back[0].ID))
+			byID := map[string]Info{}
+			for _, b := range complete {
+				byID[b.ID] = b
+			}
+			var again []Info
+			for _, rb := range back {
+				again = append(again, byID[rb.ID])
+			}
+			kept = append(again, kept...)
+			res.Kept = nil
+			for _, b := range kept {
+				res.Kept = append(res.Kept, b.ID)
+			}
+			res.Backups = res.Backups[:cut]
+			newestDeleted = time.Time{}
+			if cut > 0 {
+				newestDeleted = res.Backups[cut-1].StartTime
+			}
+		}
 	}
 	if len(complete) > 0 && len(kept) == 0 && !opts.Force {
 		return nil, fmt.Errorf("%w (%d): add --force to delete them all, or keep one with --retain 1", ErrWouldDeleteAll, len(complete))

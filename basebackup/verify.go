@@ -40,6 +40,7 @@ const (
 	ProblemMissingHistory = "missing-history"   // WAL on timeline T > 1 without T.history
 	ProblemBadHistory     = "bad-history"       // a history file that does not parse
 	ProblemHistory        = "history-conflict"  // history files disagree
+	ProblemBrokenChain    = "broken-chain"      // an incremental backup whose chain has a missing, incomplete or damaged member
 )
 
 // Problem is one finding.
@@ -110,6 +111,7 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 	if err != nil {
 		return nil, err
 	}
+	all := infos
 	if opts.Backup != "" {
 		var sel []Info
 		for _, b := range infos {
@@ -120,6 +122,17 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 		if len(sel) == 0 {
 			return nil, fmt.Errorf("%w %q in %s: run 'walkeeper list' for the IDs", ErrNoSuchBackup, opts.Backup, repo)
 		}
+		// An incremental backup is checked with its chain.
+		if m := sel[0].Meta; m != nil {
+			for _, id := range m.Chain {
+				for _, b := range infos {
+					if b.ID == id {
+						sel = append(sel, b)
+					}
+				}
+			}
+		}
+		all = infos
 		infos = sel
 	}
 	// One backup needs the WAL from its first segment on: list from there
@@ -166,6 +179,7 @@ func Verify(ctx context.Context, repo *storage.Repository, opts VerifyOptions) (
 	if err := v.readAll(ctx); err != nil {
 		return nil, err
 	}
+	v.checkChains(infos, all)
 	r := v.report
 	sort.SliceStable(r.Problems, func(i, j int) bool { return r.Problems[i].Key < r.Problems[j].Key })
 	r.OK = len(r.Problems) == 0
@@ -718,4 +732,49 @@ func expectDelim(dec *json.Decoder, want json.Delim) error {
 		return fmt.Errorf("unexpected %v, want %v", tok, want)
 	}
 	return nil
+}
+
+// checkChains reports every incremental backup among infos whose chain (in
+// all) has a member that is missing, incomplete, not linked to the next
+// one, or has problems of its own: restore would refuse it.
+func (v *verifier) checkChains(infos, all []Info) {
+	byID := map[string]Info{}
+	for _, b := range all {
+		byID[b.ID] = b
+	}
+	damaged := map[string]string{}
+	for _, p := range v.report.Problems {
+		if rest, ok := strings.CutPrefix(p.Key, storage.BackupsPrefix); ok {
+			if id, _, ok := strings.Cut(rest, "/"); ok && damaged[id] == "" {
+				damaged[id] = p.Kind + " " + p.Key
+			}
+		}
+	}
+	for _, b := range infos {
+		m := b.Meta
+		if m == nil || !m.IsIncremental() {
+			continue
+		}
+		key := storage.BackupMetaKey(b.ID)
+		if len(m.Chain) == 0 || m.Chain[len(m.Chain)-1] != m.Parent {
+			v.problem(ProblemBrokenChain, key, "incremental backup %s records no chain ending at its parent %q", b.ID, m.Parent)
+			continue
+		}
+		for i, id := range m.Chain {
+			member, ok := byID[id]
+			switch {
+			case !ok:
+				v.problem(ProblemBrokenChain, key, "backup %s needs backup %s of its chain, which is not in the repository: it cannot be restored", b.ID, id)
+			case member.Meta == nil:
+				v.problem(ProblemBrokenChain, key, "backup %s needs backup %s of its chain, which is incomplete or has a damaged backup.json: it cannot be restored", b.ID, id)
+			case i == 0 && member.Meta.IsIncremental(), i > 0 && member.Meta.Parent != m.Chain[i-1]:
+				v.problem(ProblemBrokenChain, key, "backup %s: chain member %s does not follow the member before it: the chains disagree", b.ID, id)
+			case damaged[id] != "":
+				v.problem(ProblemBrokenChain, key, "backup %s needs backup %s of its chain, which is damaged (%s): it cannot be restored", b.ID, id, damaged[id])
+			default:
+				continue
+			}
+			break
+		}
+	}
 }

@@ -93,6 +93,7 @@ var doctorChecks = []doctorCheck{
 	{"slot", needServer, (*doctor).slotHealth},
 	{"max_slot_wal_keep_size", needServer, (*doctor).maxSlotWALKeepSize},
 	{"archive_command", needServer, (*doctor).archiveCommand},
+	{"summarize_wal", needServer, (*doctor).summarizeWAL},
 	{"repository_identity", needRepo, (*doctor).repositoryIdentity},
 	{"repository_access", needRepo, (*doctor).repositoryAccess},
 	{"repository_locks", needRepo, (*doctor).repositoryLocks},
@@ -452,6 +453,25 @@ func (d *doctor) archiveCommand(ctx context.Context) CheckResult {
 	cmd, cmdErr := d.setting(ctx, "archive_command")
 	major, _ := replication.ParseMajor(d.srv.Version)
 	return judgeArchiving(major, mode, lib, cmd, cmdErr)
+}
+
+// summarizeWAL reports whether the server can take incremental backups
+// (backup --incremental): PostgreSQL 17+ with summarize_wal = on. Off is
+// not a problem for full backups, so it is reported, never warned about.
+func (d *doctor) summarizeWAL(ctx context.Context) CheckResult {
+	major, _ := replication.ParseMajor(d.srv.Version)
+	if major != 0 && major < 17 {
+		return checkSkip(fmt.Sprintf("PostgreSQL %s has no incremental backups (17 and newer)", d.srv.Version))
+	}
+	v, err := d.setting(ctx, "summarize_wal")
+	if err != nil {
+		return queryFailed(err)
+	}
+	if v != "on" {
+		return checkOK("summarize_wal = %s: backup --incremental needs it on (ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf()); full backups do not", v)
+	}
+	keep, _ := d.setting(ctx, "wal_summary_keep_time")
+	return checkOK("summarize_wal = on (wal_summary_keep_time = %s): incremental backups can be taken", keep)
 }
 
 // judgeArchiving is the archive_command check for a server of major with

@@ -18,6 +18,10 @@ type fileSystem interface {
 	// Create makes a new regular file (mode 0600) for writing, never
 	// through a symbolic link, replacing an existing file.
 	Create(name string) (outFile, error)
+	// OpenWrite opens an existing regular file for writing in place
+	// (blocks of an incremental backup's older members), never through a
+	// symbolic link.
+	OpenWrite(name string) (outFile, error)
 	Symlink(oldname, newname string) error
 	Link(oldname, newname string) error
 	Lchown(name string, uid, gid int) error
@@ -30,6 +34,8 @@ type fileSystem interface {
 // outFile is a file being written.
 type outFile interface {
 	io.Writer
+	io.WriterAt
+	Truncate(size int64) error
 	Chown(uid, gid int) error
 	Sync() error
 	Close() error
@@ -40,6 +46,9 @@ type osFS struct{}
 func (osFS) Mkdir(name string, perm fs.FileMode) error { return os.Mkdir(name, perm) }
 func (osFS) Create(name string) (outFile, error) {
 	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+}
+func (osFS) OpenWrite(name string) (outFile, error) {
+	return os.OpenFile(name, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
 }
 func (osFS) Symlink(oldname, newname string) error     { return os.Symlink(oldname, newname) }
 func (osFS) Link(oldname, newname string) error        { return os.Link(oldname, newname) }
@@ -189,6 +198,19 @@ func (d *dataDir) create(p string) (outFile, error) {
 		return nil, fmt.Errorf("create %s: %w", p, err)
 	}
 	d.changed(filepath.Dir(p))
+	return f, nil
+}
+
+// openWrite opens a file written before for more writes; commit finishes
+// it again.
+func (d *dataDir) openWrite(p string) (outFile, error) {
+	if err := d.failed(); err != nil {
+		return nil, err
+	}
+	f, err := d.fs.OpenWrite(p)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", p, err)
+	}
 	return f, nil
 }
 

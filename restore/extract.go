@@ -23,6 +23,9 @@ type extractor struct {
 	// links are the symbolic links this extractor created: nothing may be
 	// written through them.
 	links map[string]bool
+	// incremental, when set, may write a regular file itself (an
+	// INCREMENTAL file of an incremental backup) and then returns true.
+	incremental func(rel string, size int64, r io.Reader) (bool, error)
 	// wrote, when set, is called after each regular file is written.
 	wrote func()
 }
@@ -136,6 +139,18 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	case tar.TypeDir:
 		return x.mkdirAll(rel)
 	case tar.TypeReg:
+		if x.incremental != nil {
+			if err := x.checkParents(rel); err != nil {
+				return err
+			}
+			done, err := x.incremental(rel, h.Size, r)
+			if done && err == nil && x.wrote != nil {
+				x.wrote()
+			}
+			if done || err != nil {
+				return err
+			}
+		}
 		if x.hold != nil {
 			held, err := x.hold(rel, r)
 			if held && err == nil && x.wrote != nil {

@@ -202,6 +202,12 @@ type restorer struct {
 	mu            sync.Mutex
 	pgControl     []byte
 	tablespaceMap []byte // nil when base.tar has none
+	backupLabel   []byte // held for an incremental backup only
+
+	// chain is set when the backup is incremental: members are its chain,
+	// oldest first, itself last.
+	chain   *chainState
+	members []*basebackup.Meta
 
 	progress             Progress // totals; the counts are below
 	bytesDone, filesDone atomic.Int64
@@ -212,7 +218,7 @@ type restorer struct {
 type job struct {
 	obj  basebackup.Object
 	root string
-	base bool
+	oid  string // "" for the main data directory
 }
 
 // jobs lists the archives to extract, largest first, so the pool does not
@@ -232,7 +238,7 @@ func (r *restorer) jobs(objects map[string]basebackup.Object) ([]job, error) {
 			if !ok {
 				return nil, fmt.Errorf("backup %s lists tablespace archive %s but has no such object", r.meta.ID, name)
 			}
-			jobs = append(jobs, job{obj: obj, root: r.roots[ts.OID], base: ts.OID == ""})
+			jobs = append(jobs, job{obj: obj, root: r.roots[ts.OID], oid: ts.OID})
 		}
 	}
 	slices.SortStableFunc(jobs, func(a, b job) int { return int(min(max(b.obj.Size-a.obj.Size, -1), 1)) })
@@ -260,6 +266,24 @@ func (r *restorer) run(ctx context.Context) error {
 	for _, j := range jobs {
 		r.progress.TotalBytes += j.obj.Size
 	}
+	if r.meta.IsIncremental() {
+		if r.members, err = loadChain(ctx, r.opts.Repo, r.meta); err != nil {
+			return err
+		}
+		older := r.members[:len(r.members)-1]
+		if err := checkMembersStored(ctx, r.opts.Repo, older); err != nil {
+			return err
+		}
+		for _, m := range older {
+			for _, o := range m.Objects {
+				if o.Archive != "" {
+					r.progress.TotalBytes += o.Size
+				}
+			}
+		}
+		r.chain = &chainState{pending: map[string]*pending{}, rebuilt: map[string]string{}}
+		r.log.Info("restoring an incremental backup from its chain", "chain", strings.Join(r.meta.Members(), ","))
+	}
 	if r.meta.Layout() == basebackup.LayoutChunked {
 		r.progress.TotalFiles = r.meta.Files()
 	}
@@ -267,13 +291,18 @@ func (r *restorer) run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Parallel)
 	for _, j := range jobs {
-		g.Go(func() error { return r.archive(gctx, j.obj, j.root, j.base) })
+		g.Go(func() error { return r.archive(gctx, j.obj, j.root, j.oid) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if r.chain != nil {
+		if err := r.olderMembers(ctx, r.members[:len(r.members)-1]); err != nil {
+			return err
+		}
 	}
 	r.report()
 	if r.pgControl == nil {
@@ -282,7 +311,22 @@ func (r *restorer) run(ctx context.Context) error {
 	if err := r.tablespaceLinks(); err != nil {
 		return err
 	}
-	if m, ok := objects["backup_manifest"]; ok {
+	if r.chain != nil {
+		if r.backupLabel == nil {
+			return fmt.Errorf("incremental backup %s has no backup_label in base.tar", r.meta.ID)
+		}
+		label := fullLabel(r.backupLabel)
+		if err := r.dd.writeFile(filepath.Join(r.target, "backup_label"), label); err != nil {
+			return err
+		}
+		m, ok := objects["backup_manifest"]
+		if !ok {
+			return fmt.Errorf("incremental backup %s has no backup_manifest", r.meta.ID)
+		}
+		if err := r.writeFullManifest(ctx, m, label); err != nil {
+			return err
+		}
+	} else if m, ok := objects["backup_manifest"]; ok {
 		if err := r.copyObject(ctx, m.Key, filepath.Join(r.target, "backup_manifest")); err != nil {
 			return err
 		}
@@ -296,7 +340,8 @@ func (r *restorer) run(ctx context.Context) error {
 }
 
 // archive restores one tablespace archive into root.
-func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root string, base bool) error {
+func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root, oid string) error {
+	base := oid == ""
 	start := time.Now()
 	rd, err := r.opts.Repo.Open(ctx, obj.Key)
 	if err != nil {
@@ -315,6 +360,11 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 				dst = &r.pgControl
 			case "tablespace_map":
 				dst = &r.tablespaceMap
+			case "backup_label":
+				if r.chain == nil {
+					return false, nil
+				}
+				dst = &r.backupLabel
 			default:
 				return false, nil
 			}
@@ -326,6 +376,14 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root stri
 			*dst = data
 			r.mu.Unlock()
 			return true, err
+		}
+	}
+	if r.chain != nil {
+		x.incremental = func(rel string, size int64, content io.Reader) (bool, error) {
+			if _, ok := basebackup.IncrementalTarget(rel); !ok {
+				return false, nil
+			}
+			return true, r.writeIncremental(x, oid, rel, size, content)
 		}
 	}
 	if err := x.extract(ctx, &countingReader{r: rd, n: &r.bytesDone, report: r.report}); err != nil {

@@ -43,6 +43,15 @@ var (
 		Value: 5 * time.Minute,
 		Usage: "with --wal stream: how long to wait for the backup's WAL to reach the repository",
 	}
+	incrementalFlag = &cli.BoolFlag{
+		Name:  "incremental",
+		Usage: "PostgreSQL 17+ with summarize_wal = on: send and store only the blocks changed since the newest backup (a full backup when there is no usable one, the chain is at --max-chain, or the server's WAL summaries are gone; the log says why)",
+	}
+	maxChainFlag = &cli.IntFlag{
+		Name:  "max-chain",
+		Value: basebackup.DefaultMaxChain,
+		Usage: "with --incremental: how many incremental backups may follow a full one before a full backup is taken again",
+	}
 )
 
 func init() {
@@ -71,12 +80,18 @@ time to the millisecond plus six random hex digits
 On a terminal a progress bar shows bytes done of the server's estimate; from
 cron, structured logs. The backup ID is printed alone on stdout at the end.
 
+With --incremental (PostgreSQL 17 and newer, summarize_wal = on) the server
+sends only the blocks changed since the parent, the newest complete backup
+on the server's timeline history; backup.json records the parent and the
+chain, restore rebuilds every file from the chain, and delete keeps chains
+whole. See docs/backups.md.
+
 With --metrics-file PATH the outcome (time, duration, size, success) is
 written for node-exporter's textfile collector; see docs/metrics.md.
 
 Example (cron):
   walkeeper backup --dsn "host=db1 user=walkeeper" --repo s3://bucket/db1`,
-		Flags:  []cli.Flag{labelFlag, checkpointFlag, maxRateFlag, walModeFlag, walTimeoutFlag, chunkSizeFlag, metricsFileFlag},
+		Flags:  []cli.Flag{labelFlag, checkpointFlag, maxRateFlag, walModeFlag, walTimeoutFlag, chunkSizeFlag, incrementalFlag, maxChainFlag, metricsFileFlag},
 		Action: backupAction,
 	})
 }
@@ -121,6 +136,9 @@ func takeBackup(c *cli.Context) (*basebackup.Meta, error) {
 	if err != nil || chunk < 1<<20 {
 		return nil, usagef("--chunk-size must be a size of at least 1MB, e.g. 128MB")
 	}
+	if c.Int(maxChainFlag.Name) < 1 {
+		return nil, usagef("--max-chain must be at least 1")
+	}
 	repo, err := openRepository(c)
 	if err != nil {
 		return nil, err
@@ -134,6 +152,8 @@ func takeBackup(c *cli.Context) (*basebackup.Meta, error) {
 		MaxRate:        rate,
 		WAL:            c.String(walModeFlag.Name),
 		WALTimeout:     c.Duration(walTimeoutFlag.Name),
+		Incremental:    c.Bool(incrementalFlag.Name),
+		MaxChain:       c.Int(maxChainFlag.Name),
 		Version:        appVersion(),
 		Log:            slog.Default(),
 	}

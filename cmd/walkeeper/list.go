@@ -25,7 +25,9 @@ func init() {
 		Description: `Shows every backup: ID, start time, duration, start and stop LSN, timeline,
 original and stored size, and status. A backup without backup.json (killed
 or failed before it finished) is listed as incomplete; restore never uses it.
-Order is by start time, not by ID.`,
+Order is by start time, not by ID. TYPE is full or incremental; an
+incremental backup names its PARENT (the backup it was taken against) and
+needs its whole chain (list --json: "chain") to be restored.`,
 		Flags:  []cli.Flag{jsonFlag},
 		Action: listAction,
 	})
@@ -54,6 +56,9 @@ func listAction(c *cli.Context) error {
 			WAL        string    `json:"wal,omitempty"`
 			Standby    bool      `json:"from_standby,omitempty"`
 			Label      string    `json:"label,omitempty"`
+			Kind       string    `json:"kind,omitempty"`
+			Parent     string    `json:"parent,omitempty"`
+			Chain      []string  `json:"chain,omitempty"`
 		}
 		rows := []row{}
 		for _, i := range infos {
@@ -64,6 +69,7 @@ func listAction(c *cli.Context) error {
 			if m := i.Meta; m != nil {
 				r.Status, r.Duration, r.StartLSN, r.StopLSN, r.Timeline = "complete", m.StopTime.Sub(m.StartTime).Seconds(), m.StartLSN, m.StopLSN, m.Timeline
 				r.Size, r.StoredSize, r.WAL, r.Standby, r.Label = m.Size, m.StoredSize, m.WAL, m.FromStandby, m.Label
+				r.Kind, r.Parent, r.Chain = m.KindName(), m.Parent, m.Chain
 			}
 			rows = append(rows, r)
 		}
@@ -72,19 +78,23 @@ func listAction(c *cli.Context) error {
 		return enc.Encode(rows)
 	}
 	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tSTART\tDURATION\tSTART LSN\tSTOP LSN\tTLI\tSIZE\tSTORED\tSTATUS")
+	fmt.Fprintln(w, "ID\tSTART\tDURATION\tSTART LSN\tSTOP LSN\tTLI\tSIZE\tSTORED\tTYPE\tPARENT\tSTATUS")
 	for _, i := range infos {
 		if m := i.Meta; m != nil {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\tcomplete\n", i.ID, m.StartTime.Format(time.RFC3339),
+			parent := m.Parent
+			if parent == "" {
+				parent = "-"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\tcomplete\n", i.ID, m.StartTime.Format(time.RFC3339),
 				m.StopTime.Sub(m.StartTime).Round(time.Second), m.StartLSN, m.StopLSN, m.Timeline,
-				humanSize(m.Size), humanSize(m.StoredSize))
+				humanSize(m.Size), humanSize(m.StoredSize), m.KindName(), parent)
 			continue
 		}
 		status := "incomplete"
 		if i.Damaged != "" {
 			status = "damaged backup.json (see walkeeper verify)"
 		}
-		fmt.Fprintf(w, "%s\t%s\t-\t-\t-\t-\t-\t%s\t%s\n", i.ID, i.StartTime().Format(time.RFC3339), humanSize(i.StoredSize), status)
+		fmt.Fprintf(w, "%s\t%s\t-\t-\t-\t-\t-\t%s\t-\t-\t%s\n", i.ID, i.StartTime().Format(time.RFC3339), humanSize(i.StoredSize), status)
 	}
 	return w.Flush()
 }

@@ -1,0 +1,397 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walkeeper/walkeeper/basebackup"
+	"github.com/walkeeper/walkeeper/storage"
+	"github.com/walkeeper/walkeeper/test/harness"
+)
+
+// incrTables are the tables compared between the primary and a restore.
+var incrTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "trunc_me", "new_t", "shrink"}
+
+// TestIncrementalChain (issue 14) on PostgreSQL 17 and 18, each its own
+// server and repository, in parallel: a full backup, changes (pgbench, a
+// dropped, a truncated and a new table, a new database, a table VACUUM
+// shrinks), an incremental, more changes, a second incremental. Each
+// chain is restored to the end of its newest member and the second to a
+// time after it; every restored server starts and has the primary's data of
+// that moment (row counts and md5 of all rows), the dropped table stays
+// dropped, and the restored backup_manifest is a full one (every file in it
+// with its size and CRC-32C, no INCREMENTAL file, a valid
+// Manifest-Checksum). Then --max-chain falls back to a full backup,
+// retention keeps chains whole, summarize_wal = off is refused, and a chain
+// whose middle member is damaged or missing is refused by restore and
+// reported by verify.
+func TestIncrementalChain(t *testing.T) {
+	for _, major := range []int{17, 18} {
+		t.Run(fmt.Sprintf("pg%d", major), func(t *testing.T) {
+			t.Parallel()
+			harness.RequireServer(t, major)
+			incrementalChain(t, major)
+		})
+	}
+	t.Run("pg16", func(t *testing.T) {
+		t.Parallel()
+		harness.RequireServer(t, 16)
+		c := harness.StartCluster(t, harness.ClusterOptions{Name: "incr16", Major: 16})
+		repo := filepath.Join(harness.MakeDir(t, "incr16-repo"), "repo")
+		_, stderr, code := runWalkeeper(t, nil, "backup", "--incremental", "--wal", "include", "--repo", repo, "--dsn", c.DSN(harness.ReplicationUser))
+		if code != 1 || !strings.Contains(stderr, "need PostgreSQL 17 or newer") || !strings.Contains(stderr, "drop --incremental") {
+			t.Errorf("backup --incremental on 16: exit %d, want 1 with the reason and the fix:\n%s", code, stderr)
+		}
+	})
+}
+
+type incrPoint struct {
+	id, stopLSN, sums, newdb string
+}
+
+func incrementalChain(t *testing.T, major int) {
+	name := fmt.Sprintf("incr%d", major)
+	repo := filepath.Join(harness.MakeDir(t, name+"-repo"), "repo")
+	c := harness.StartCluster(t, harness.ClusterOptions{Name: name, Major: major, ExtraConf: map[string]string{"summarize_wal": "on"}})
+	dsn := c.DSN(harness.ReplicationUser)
+	wk := startWalkeeper(t, nil, "stream", "--repo", repo, "--dsn", dsn, "--slot", "wk")
+	c.Pgbench(t, "-i", "-s", "1", "-q")
+	c.Exec(t, "CREATE TABLE drop_me AS SELECT g AS i, md5(g::text) AS s FROM generate_series(1, 5000) g")
+	c.Exec(t, "CREATE TABLE trunc_me AS SELECT g AS i, md5(g::text) AS s FROM generate_series(1, 5000) g")
+	c.Exec(t, "CREATE TABLE shrink AS SELECT g AS i, repeat(md5(g::text), 4) AS s FROM generate_series(1, 20000) g")
+
+	point := func(id string) incrPoint {
+		return incrPoint{id: id, sums: tableSums(t, c, incrTables...), newdb: newDBSums(t, c)}
+	}
+	backup := func(extra ...string) (string, string) {
+		args := append([]string{"backup", "--repo", repo, "--dsn", dsn}, extra...)
+		stdout, stderr, code := runWalkeeper(t, nil, args...)
+		if code != 0 {
+			t.Fatalf("backup %v: exit %d:\n%s", extra, code, stderr)
+		}
+		return strings.TrimSpace(stdout), stderr
+	}
+	c.Exec(t, "CREATE TABLE new_t (i int)") // so tableSums can read it before it has rows
+	full, _ := backup("--incremental")      // no parent yet: a full backup
+	p0 := point(full)
+
+	// Changes between the full backup and the first incremental.
+	c.Pgbench(t, "-T", "3", "-c", "2")
+	c.Exec(t, "DROP TABLE drop_me")
+	c.Exec(t, "TRUNCATE trunc_me")
+	c.Exec(t, "INSERT INTO new_t SELECT g FROM generate_series(1, 3000) g")
+	c.Exec(t, "CREATE DATABASE newdb")
+	newDBExec(t, c, "CREATE TABLE t AS SELECT g AS i, md5(g::text) AS s FROM generate_series(1, 2000) g")
+	i1, _ := backup("--incremental")
+	p1 := point(i1)
+
+	// More changes, then the second incremental: VACUUM shrinks shrink.
+	c.Pgbench(t, "-T", "2", "-c", "2")
+	c.Exec(t, "INSERT INTO trunc_me SELECT g, 'again' FROM generate_series(1, 100) g")
+	c.Exec(t, "DELETE FROM shrink WHERE i > 5000")
+	c.Exec(t, "VACUUM shrink")
+	c.Exec(t, "DELETE FROM new_t WHERE i % 3 = 0")
+	newDBExec(t, c, "UPDATE t SET s = 'changed' WHERE i < 100")
+	i2, _ := backup("--incremental")
+	p2 := point(i2)
+
+	metas := map[string]*basebackup.Meta{}
+	for _, row := range listBackups(t, nil, repo) {
+		id := row["id"].(string)
+		kind, _ := row["kind"].(string)
+		parent, _ := row["parent"].(string)
+		metas[id] = &basebackup.Meta{ID: id, Kind: kind, Parent: parent, StopLSN: fmt.Sprint(row["stop_lsn"])}
+	}
+	for _, want := range []struct{ id, kind, parent string }{{full, "full", ""}, {i1, "incremental", full}, {i2, "incremental", i1}} {
+		if m := metas[want.id]; m == nil || m.Kind != want.kind || m.Parent != want.parent {
+			t.Fatalf("list: backup %s is %+v, want %s with parent %q", want.id, m, want.kind, want.parent)
+		}
+	}
+	p1.stopLSN, p2.stopLSN = metas[i1].StopLSN, metas[i2].StopLSN
+	local := openLocal(t, repo)
+	var m2 basebackup.Meta
+	if err := local.ReadJSON(context.Background(), storage.BackupMetaKey(i2), &m2); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(m2.Chain, ",") != full+","+i1 {
+		t.Errorf("backup.json chain of %s: %v, want [%s %s]", i2, m2.Chain, full, i1)
+	}
+	var m0 basebackup.Meta
+	local.ReadJSON(context.Background(), storage.BackupMetaKey(full), &m0)
+	if m2.StoredSize*3 > m0.StoredSize {
+		t.Errorf("the incremental %s stored %d bytes, not much less than the full backup's %d", i2, m2.StoredSize, m0.StoredSize)
+	}
+	t.Logf("full %s: %d bytes stored; incrementals %s, %s: %d bytes stored", full, m0.StoredSize, i1, i2, m2.StoredSize)
+
+	// A time after the last backup, with rows only WAL has.
+	c.Exec(t, "CREATE TABLE after (i int)")
+	c.Exec(t, "INSERT INTO after SELECT generate_series(1, 10)")
+	time.Sleep(1100 * time.Millisecond)
+	at := c.QueryString(t, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+	pAt := point("")
+	time.Sleep(1100 * time.Millisecond)
+	c.Exec(t, "INSERT INTO after SELECT generate_series(11, 20)")
+	end := lsnOf(t, c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text"))
+	c.Exec(t, "SELECT pg_switch_wal()")
+	waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
+		e, _ := repoEnd(context.Background(), local)
+		return e >= end
+	})
+	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("stream exit %d", code)
+	}
+	giveToPostgres(t, repo)
+
+	restoreCompare := func(t *testing.T, label, id string, target []string, want incrPoint, afterRows string) {
+		r := c.RestoreTarget(t, name+"-"+label)
+		args := append([]string{"restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", id, "--target-action", "promote"}, target...)
+		if _, stderr, code := runWalkeeper(t, nil, args...); code != 0 {
+			t.Fatalf("restore %s: exit %d: %s", id, code, stderr)
+		}
+		checkFullManifest(t, r.DataDir())
+		r.StartRestored(t)
+		waitPromoted(t, r)
+		if got := tableSums(t, r, incrTables...); got != want.sums {
+			t.Errorf("restored %s differs from the primary:\nprimary  %s\nrestored %s", label, want.sums, got)
+		}
+		if got := newDBSums(t, r); got != want.newdb {
+			t.Errorf("restored %s: database newdb %q, primary had %q", label, got, want.newdb)
+		}
+		if got := r.QueryString(t, "SELECT count(*) FROM pg_class WHERE relname = 'drop_me'"); got != "0" {
+			t.Errorf("restored %s: the dropped table drop_me is back", label)
+		}
+		if afterRows != "" {
+			if got := r.QueryString(t, "SELECT count(*) FROM after"); got != afterRows {
+				t.Errorf("restored %s: %s rows in after, want %s", label, got, afterRows)
+			}
+		}
+	}
+	t.Run("restore_end_of_second", func(t *testing.T) {
+		restoreCompare(t, "i2", i2, []string{"--target-lsn", p2.stopLSN}, p2, "")
+	})
+	t.Run("restore_end_of_first", func(t *testing.T) {
+		restoreCompare(t, "i1", i1, []string{"--target-lsn", p1.stopLSN}, p1, "")
+	})
+	t.Run("restore_pitr_after_last", func(t *testing.T) {
+		restoreCompare(t, "pitr", i2, []string{"--target-time", at}, pAt, "10")
+	})
+	_ = p0
+
+	t.Run("verify", func(t *testing.T) {
+		if _, stderr, code := runWalkeeper(t, nil, "verify", "--repo", repo); code != 0 {
+			t.Fatalf("verify: exit %d: %s", code, stderr)
+		}
+	})
+
+	t.Run("max_chain_and_retention", func(t *testing.T) {
+		f2, stderr := backup("--incremental", "--max-chain", "2", "--wal", "include")
+		if !strings.Contains(stderr, "taking a full backup instead of an incremental one") || !strings.Contains(stderr, "--max-chain is 2") {
+			t.Errorf("--max-chain 2 after two incrementals: want one line saying why it is full:\n%s", stderr)
+		}
+		dry := func(retain int) map[string]any {
+			stdout, stderr, code := runWalkeeper(t, nil, "delete", "--repo", repo, "--retain", strconv.Itoa(retain), "--dry-run", "--json")
+			if code != 0 {
+				t.Fatalf("delete --retain %d --dry-run: exit %d: %s", retain, code, stderr)
+			}
+			var res map[string]any
+			if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+				t.Fatalf("%v\n%s", err, stdout)
+			}
+			return res
+		}
+		deleted := func(res map[string]any) []string {
+			var ids []string
+			for _, b := range res["backups"].([]any) {
+				ids = append(ids, b.(map[string]any)["id"].(string))
+			}
+			return ids
+		}
+		// Keeping i2 and f2 keeps i2's chain.
+		if got := deleted(dry(2)); len(got) != 0 {
+			t.Errorf("delete --retain 2 would delete %v: the kept %s needs %s and %s", got, i2, full, i1)
+		}
+		if got := strings.Join(deleted(dry(1)), ","); got != full+","+i1+","+i2 {
+			t.Errorf("delete --retain 1 would delete %s, want the whole chain %s,%s,%s", got, full, i1, i2)
+		}
+		_ = f2
+	})
+
+	t.Run("summarize_wal_off", func(t *testing.T) {
+		c.Exec(t, "ALTER SYSTEM SET summarize_wal = off")
+		c.Exec(t, "SELECT pg_reload_conf()")
+		waitFor(t, 30*time.Second, "summarize_wal off", func() bool { return c.QueryString(t, "SHOW summarize_wal") == "off" })
+		_, stderr, code := runWalkeeper(t, nil, "backup", "--incremental", "--wal", "include", "--repo", repo, "--dsn", dsn)
+		if code != 1 || !strings.Contains(stderr, "summarize_wal is off") || !strings.Contains(stderr, "ALTER SYSTEM SET summarize_wal = on") {
+			t.Errorf("backup --incremental with summarize_wal off: exit %d, want 1 with the fix:\n%s", code, stderr)
+		}
+		results, _, _ := runDoctor(t, nil, "--dsn", dsn)
+		if r := results["summarize_wal"]; !strings.Contains(r.Detail, "summarize_wal = off") {
+			t.Errorf("doctor summarize_wal: %s %q", r.Status, r.Detail)
+		}
+	})
+
+	t.Run("damaged_middle", func(t *testing.T) {
+		var m1 basebackup.Meta
+		if err := local.ReadJSON(context.Background(), storage.BackupMetaKey(i1), &m1); err != nil {
+			t.Fatal(err)
+		}
+		var chunk string
+		for _, o := range m1.Objects {
+			if o.Archive == "base.tar" {
+				chunk = o.Key
+				break
+			}
+		}
+		file := filepath.Join(repo, filepath.FromSlash(chunk))
+		orig, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := append([]byte{}, orig...)
+		bad[len(bad)/2] ^= 0x40
+		os.WriteFile(file, bad, 0o600)
+		r := c.RestoreTarget(t, name+"-damaged")
+		_, stderr, code := runWalkeeper(t, nil, "restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", i2)
+		if code == 0 || !strings.Contains(stderr, chunk) {
+			t.Errorf("restore of %s with a damaged %s: exit %d, want a failure naming it:\n%s", i2, chunk, code, stderr)
+		}
+		stdout, _, code := runWalkeeper(t, nil, "verify", "--repo", repo, "--json")
+		if code == 0 || !strings.Contains(stdout, "broken-chain") || !strings.Contains(stdout, chunk) {
+			t.Errorf("verify with a damaged %s: exit %d, want broken-chain and the object:\n%s", chunk, code, stdout)
+		}
+		os.WriteFile(file, orig, 0o600)
+
+		// A missing middle member: backup.json gone.
+		meta := filepath.Join(repo, filepath.FromSlash(storage.BackupMetaKey(i1)))
+		os.Rename(meta, meta+".away")
+		r2 := c.RestoreTarget(t, name+"-missing")
+		_, stderr, code = runWalkeeper(t, nil, "restore", "--repo", repo, "--target-dir", r2.DataDir(), "--backup", i2)
+		if code == 0 || !strings.Contains(stderr, i1) {
+			t.Errorf("restore of %s without %s: exit %d, want a refusal naming it:\n%s", i2, i1, code, stderr)
+		}
+		stdout, _, code = runWalkeeper(t, nil, "verify", "--repo", repo, "--json")
+		if code == 0 || !strings.Contains(stdout, "broken-chain") || !strings.Contains(stdout, i1) {
+			t.Errorf("verify without %s: exit %d, want broken-chain naming it:\n%s", i1, code, stdout)
+		}
+		os.Rename(meta+".away", meta)
+	})
+}
+
+// newDBSums is the content of newdb's table t ("" when newdb is missing).
+func newDBSums(t *testing.T, c *harness.Cluster) string {
+	if c.QueryString(t, "SELECT count(*) FROM pg_database WHERE datname = 'newdb'") == "0" {
+		return ""
+	}
+	var out string
+	newDB(t, c, func(conn *pgx.Conn) {
+		err := conn.QueryRow(context.Background(), "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM t x").Scan(&out)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	return out
+}
+
+func newDBExec(t *testing.T, c *harness.Cluster, sql string) {
+	newDB(t, c, func(conn *pgx.Conn) {
+		if _, err := conn.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("newdb: %s: %v", sql, err)
+		}
+	})
+}
+
+func newDB(t *testing.T, c *harness.Cluster, fn func(*pgx.Conn)) {
+	u, err := url.Parse(c.DSN(harness.SuperUser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/newdb"
+	conn, err := pgx.Connect(context.Background(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	fn(conn)
+}
+
+// checkFullManifest checks a restored directory against its
+// backup_manifest as pg_verifybackup would (no PostgreSQL 17/18 client
+// tools here): the Manifest-Checksum is the SHA-256 of everything before
+// its line, no INCREMENTAL file is listed or present, and every listed
+// file exists with its size and CRC-32C.
+func checkFullManifest(t *testing.T, dir string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, "backup_manifest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	i := strings.LastIndex(text, "\"Manifest-Checksum\"")
+	if i < 0 {
+		t.Fatal("backup_manifest has no Manifest-Checksum")
+	}
+	sum := sha256.Sum256(raw[:i])
+	if !strings.Contains(text[i:], hex.EncodeToString(sum[:])) {
+		t.Errorf("backup_manifest: Manifest-Checksum does not match its content")
+	}
+	var m struct {
+		Files []struct {
+			Path      string `json:"Path"`
+			Size      int64  `json:"Size"`
+			Algorithm string `json:"Checksum-Algorithm"`
+			Checksum  string `json:"Checksum"`
+		} `json:"Files"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("backup_manifest: %v", err)
+	}
+	bad := 0
+	for _, f := range m.Files {
+		if f.Path == "postgresql.auto.conf" { // restore adds the recovery settings; pg_verifybackup skips it too
+			continue
+		}
+		if strings.Contains(f.Path, basebackup.IncrementalPrefix) {
+			t.Errorf("backup_manifest lists %s", f.Path)
+		}
+		fh, err := os.Open(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Errorf("manifest file %s: %v", f.Path, err)
+			continue
+		}
+		h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+		n, _ := io.Copy(h, bufio.NewReader(fh))
+		fh.Close()
+		crc := hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, h.Sum32()))
+		if n != f.Size || crc != f.Checksum {
+			if bad++; bad < 10 {
+				t.Errorf("%s: %d bytes crc %s, manifest says %d bytes %s", f.Path, n, crc, f.Size, f.Checksum)
+			}
+		}
+	}
+	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.HasPrefix(info.Name(), basebackup.IncrementalPrefix) {
+			t.Errorf("restored directory holds %s", p)
+		}
+		return nil
+	})
+	if label, _ := os.ReadFile(filepath.Join(dir, "backup_label")); strings.Contains(string(label), "INCREMENTAL") {
+		t.Errorf("backup_label still marks an incremental backup:\n%s", label)
+	}
+}
