@@ -107,6 +107,13 @@ func chooseParent(ctx context.Context, opts Options, conn *pgconn.PgConn, sys re
 	if manifest == nil {
 		return choice{why: fmt.Sprintf("the newest backup %s has no backup_manifest to build on", parent.ID)}, nil
 	}
+	// An encrypted repository written with only the public key cannot
+	// give the server the parent's manifest.
+	if rc, err := opts.Repo.Open(ctx, manifest.Key); errors.Is(err, storage.ErrNeedIdentity) {
+		return choice{why: "the repository is encrypted and this host has only the public key, so the parent's manifest cannot be read: give --identity-file (or the passphrase) to take incremental backups"}, nil
+	} else if err == nil {
+		rc.Close()
+	}
 	if n := len(parent.Members()) - 1; n+1 > opts.MaxChain {
 		return choice{why: fmt.Sprintf("the chain of %s already has %d incremental backups, --max-chain is %d", parent.ID, n, opts.MaxChain)}, nil
 	}

@@ -49,6 +49,7 @@ func grepTree(t *testing.T, dir, needle string) []string {
 // missing and mixed keys with exit 1 and nothing written, and fails a
 // flipped byte naming the object.
 func TestEncryptedRepository(t *testing.T) {
+	t.Parallel()
 	local := filepath.Join(harness.MakeDir(t, "enc-repo"), "repo")
 	srv := harness.StartS3(t)
 	targets := []struct {

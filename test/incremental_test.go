@@ -43,6 +43,7 @@ var incrTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_telle
 // whose middle member is damaged or missing is refused by restore and
 // reported by verify.
 func TestIncrementalChain(t *testing.T) {
+	t.Parallel()
 	for _, major := range []int{17, 18} {
 		t.Run(fmt.Sprintf("pg%d", major), func(t *testing.T) {
 			t.Parallel()
