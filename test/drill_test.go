@@ -158,10 +158,11 @@ func TestDrill(t *testing.T) {
 		c.Start(t)
 		damagedID := localBackup()
 		waitStored(local)
-		_, stderr := drillRun(nil, 5, "--repo", local.url, "--scratch", filepath.Join(dir, "scratch-damaged"), "--backup", damagedID)
+		stdout, stderr := drillRun(nil, 5, "--repo", local.url, "--scratch", filepath.Join(dir, "scratch-damaged"), "--backup", damagedID)
 		if !strings.Contains(stderr, "amcheck: postgres: table damaged") {
 			t.Errorf("drill of the damaged backup: %s", stderr)
 		}
+		t.Logf("%s", stdout)
 	})
 
 	t.Run("missing segment", func(t *testing.T) {
