@@ -114,6 +114,9 @@ func chooseParent(ctx context.Context, opts Options, conn *pgconn.PgConn, sys re
 	} else if err == nil {
 		rc.Close()
 	}
+	if why := brokenChain(infos, parent); why != "" {
+		return choice{why: why}, nil
+	}
 	if n := len(parent.Members()) - 1; n+1 > opts.MaxChain {
 		return choice{why: fmt.Sprintf("the chain of %s already has %d incremental backups, --max-chain is %d", parent.ID, n, opts.MaxChain)}, nil
 	}
@@ -121,6 +124,24 @@ func chooseParent(ctx context.Context, opts Options, conn *pgconn.PgConn, sys re
 		return choice{why: why}, nil
 	}
 	return choice{parent: parent, manifest: *manifest}, nil
+}
+
+// brokenChain says why parent cannot be built on when a member of its
+// chain (an older backup it depends on) is missing or incomplete: an
+// incremental on it could never be restored.
+func brokenChain(infos []Info, parent *Meta) string {
+	complete := map[string]bool{}
+	for _, i := range infos {
+		if i.Complete && i.Meta != nil {
+			complete[i.ID] = true
+		}
+	}
+	for _, id := range parent.Chain {
+		if !complete[id] {
+			return fmt.Sprintf("the chain of the newest backup %s is broken: backup %s it depends on is missing or incomplete", parent.ID, id)
+		}
+	}
+	return ""
 }
 
 // timelinePath is the line of timelines that leads to tli, from the
