@@ -557,23 +557,31 @@ func (v *verifier) read(ctx context.Context, c readCheck) error {
 	v.report.ObjectsChecked++
 	v.report.BytesRead += c.size
 	v.mu.Unlock()
-	if w := c.want; w != nil {
-		m := r.Meta()
-		var diffs []string
-		if m.Size != w.Size {
-			diffs = append(diffs, fmt.Sprintf("size %d, backup.json says %d", m.Size, w.Size))
-		}
-		if m.Hex() != w.SHA256 {
-			diffs = append(diffs, fmt.Sprintf("sha256 %s, backup.json says %s", m.Hex(), w.SHA256))
-		}
-		if c.size != w.StoredSize {
-			diffs = append(diffs, fmt.Sprintf("stored size %d, backup.json says %d", c.size, w.StoredSize))
-		}
-		if len(diffs) > 0 {
-			v.problem(ProblemMismatch, c.key, "%s", strings.Join(diffs, "; "))
-		}
-	}
+	m := r.Meta()
+	v.compareRecorded(c, m.Size, m.Hex(), c.size)
 	return nil
+}
+
+// compareRecorded reports where an object read as c differs from what
+// backup.json recorded of it (c.want, when it is a backup's object).
+func (v *verifier) compareRecorded(c readCheck, size int64, sha string, stored int64) {
+	w := c.want
+	if w == nil {
+		return
+	}
+	var diffs []string
+	if size != w.Size {
+		diffs = append(diffs, fmt.Sprintf("size %d, backup.json says %d", size, w.Size))
+	}
+	if sha != w.SHA256 {
+		diffs = append(diffs, fmt.Sprintf("sha256 %s, backup.json says %s", sha, w.SHA256))
+	}
+	if stored != w.StoredSize {
+		diffs = append(diffs, fmt.Sprintf("stored size %d, backup.json says %d", stored, w.StoredSize))
+	}
+	if len(diffs) > 0 {
+		v.problem(ProblemMismatch, c.key, "%s", strings.Join(diffs, "; "))
+	}
 }
 
 // readStored checks one object of an encrypted repository without the
@@ -599,21 +607,7 @@ func (v *verifier) readStored(ctx context.Context, c readCheck) error {
 	v.report.ObjectsChecked++
 	v.report.BytesRead += c.size
 	v.mu.Unlock()
-	if w := c.want; w != nil {
-		var diffs []string
-		if m.Size != w.Size {
-			diffs = append(diffs, fmt.Sprintf("size %d, backup.json says %d", m.Size, w.Size))
-		}
-		if m.Hex() != w.SHA256 {
-			diffs = append(diffs, fmt.Sprintf("sha256 %s, backup.json says %s", m.Hex(), w.SHA256))
-		}
-		if m.StoredSize != w.StoredSize {
-			diffs = append(diffs, fmt.Sprintf("stored size %d, backup.json says %d", m.StoredSize, w.StoredSize))
-		}
-		if len(diffs) > 0 {
-			v.problem(ProblemMismatch, c.key, "%s", strings.Join(diffs, "; "))
-		}
-	}
+	v.compareRecorded(c, m.Size, m.Hex(), m.StoredSize)
 	return nil
 }
 

@@ -385,12 +385,8 @@ func missingWAL(ctx context.Context, repo *storage.Repository, meta *basebackup.
 	}
 	var out []walGap
 	for _, gap := range ix.Gaps(path, first, to, 10) {
-		f, l := gap.Names(segSize)
-		detail := "segment " + f + " is missing"
-		if f != l {
-			detail = fmt.Sprintf("%d segments %s .. %s are missing", gap.Count(), f, l)
-		}
-		out = append(out, walGap{first: f, detail: detail})
+		f, _ := gap.Names(segSize)
+		out = append(out, walGap{first: f, detail: gap.Describe(segSize) + " missing"})
 	}
 	return out, nil
 }

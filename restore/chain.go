@@ -302,14 +302,7 @@ func (r *restorer) memberChunk(ctx context.Context, m *basebackup.Meta, obj base
 			return fmt.Errorf("restore %s (backup %s of the chain), %s: %w", obj.Key, m.ID, rel, err)
 		}
 	}
-	if _, err := io.Copy(io.Discard, rd); err != nil {
-		return fmt.Errorf("restore %s: %w", obj.Key, err)
-	}
-	if sm := rd.Meta(); obj.SHA256 != "" && (sm.Hex() != obj.SHA256 || sm.Size != obj.Size) {
-		return fmt.Errorf("restore %s: %w: the object is not the one backup %s stored (sha256 %s, size %d; backup.json says %s, %d)",
-			obj.Key, storage.ErrCorrupt, m.ID, sm.Hex(), sm.Size, obj.SHA256, obj.Size)
-	}
-	return nil
+	return finishObject(rd, obj, m.ID)
 }
 
 // supply writes the blocks p needs from one older copy of its file: an

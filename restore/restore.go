@@ -396,17 +396,25 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root, oid
 		}
 		return fmt.Errorf("restore %s: %w", obj.Key, err)
 	}
-	// Read to the end so the checksum in the trailer is checked, and
-	// compare the object with what backup.json recorded of it: an object
-	// intact in itself but not the one the backup wrote is damage too.
+	if err := finishObject(rd, obj, r.meta.ID); err != nil {
+		return err
+	}
+	r.log.Debug("restored archive", "name", obj.Name, "into", root, "size", obj.Size, "duration", time.Since(start).Round(time.Millisecond).String())
+	return nil
+}
+
+// finishObject reads rd, an object of backup id, to its end so the
+// checksum in the trailer is checked, and compares it with what
+// backup.json recorded of it (obj): an object intact in itself but not the
+// one the backup wrote is damage too.
+func finishObject(rd *storage.Reader, obj basebackup.Object, id string) error {
 	if _, err := io.Copy(io.Discard, rd); err != nil {
 		return fmt.Errorf("restore %s: %w", obj.Key, err)
 	}
 	if m := rd.Meta(); obj.SHA256 != "" && (m.Hex() != obj.SHA256 || m.Size != obj.Size) {
 		return fmt.Errorf("restore %s: %w: the object is not the one backup %s stored (sha256 %s, size %d; backup.json says %s, %d)",
-			obj.Key, storage.ErrCorrupt, r.meta.ID, m.Hex(), m.Size, obj.SHA256, obj.Size)
+			obj.Key, storage.ErrCorrupt, id, m.Hex(), m.Size, obj.SHA256, obj.Size)
 	}
-	r.log.Debug("restored archive", "name", obj.Name, "into", root, "size", obj.Size, "duration", time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
