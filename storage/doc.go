@@ -44,9 +44,18 @@
 // compresses about 10:1, so this costs a tenth of hashing the content (at
 // 1.6 GB/s, hashing every WAL byte took a fifth of the stream's CPU), and it
 // catches every flipped bit, including in parts of a frame a decoder
-// ignores. The decompressed content is covered by each codec's own checksum
-// (zstd and lz4 content checksums, gzip's CRC-32, s2's CRC-32C per chunk; for
-// none the stored bytes are the content) and by the size in the trailer.
+// ignores. The decompressed content is covered by the codec's own checksum
+// where it has one (zstd's content checksum, gzip's CRC-32, s2's CRC-32C per
+// chunk; lz4 frames carry none, and for none the stored bytes are the
+// content) and by the size in the trailer.
+//
+// lz4 objects are written by our own LZ4 frame encoder (lz4.go, standard
+// frames of independent 256 KiB blocks); pierrec/lz4 reads them. Writer
+// hands the codec at most 256 KiB at a time, so hashing, compressing and
+// the kernel's copy of a piece all find it in the CPU cache. On the local
+// backend the stored bytes go straight into the temporary file (Local's
+// create/commit), with no pipe or goroutine between; other backends get
+// them through an io.Pipe into Put.
 // Comparing content across codecs (wal-push, a re-received segment) uses
 // Repository.CompareContent, which decompresses and compares.
 //

@@ -151,23 +151,34 @@ func decodeTrailer(key string, t []byte, encrypted bool) (trailer, error) {
 }
 
 // Writer streams one object into a backend. Bytes written are compressed,
-// hashed and piped into Backend.Put running in the background, so memory
-// stays bounded whatever the object's size. Nothing is visible under the key
-// until Close returns nil; Abort (or a failed Close) leaves nothing behind.
+// hashed and written straight into a local repository's temporary file, or
+// piped into Backend.Put running in the background, so memory stays bounded
+// whatever the object's size. Nothing is visible under the key until Close
+// returns nil; Abort (or a failed Close) leaves nothing behind.
 type Writer struct {
 	key    string
 	codec  Codec
-	pw     *io.PipeWriter
+	sink   io.Writer // the local object, or the pipe into Put
 	out    *hashWriter
 	enc    io.WriteCloser
 	age    io.WriteCloser // the encryption stream under enc, or nil
 	mac    hash.Hash      // of the content, when encrypted
 	n      int64
-	cancel context.CancelFunc
-	done   chan error
+	commit func() error // after the trailer: durable and visible, or nothing
+	drop   func()       // abort: nothing becomes visible
 	once   sync.Once
 	err    error
 }
+
+// directBackend takes an object's bytes as direct writes (the local
+// directory): no pipe and no goroutine between the writer and the file.
+type directBackend interface {
+	create(ctx context.Context, key string) (*localObject, error)
+}
+
+// writePiece bounds each write below the codec: the bytes are hashed and
+// copied while they are still in the CPU cache.
+const writePiece = 256 << 10
 
 var errAborted = errors.New("write aborted")
 
@@ -175,15 +186,36 @@ func newWriter(ctx context.Context, b Backend, key string, c Codec, cr *crypter)
 	if err := ValidateKey(key); err != nil {
 		return nil, Permanent(err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	w := &Writer{key: key, codec: c, pw: pw, out: &hashWriter{w: pw, h: sha256.New()}, cancel: cancel,
-		done: make(chan error, 1)}
-	go func() {
-		err := b.Put(ctx, key, pr)
-		pr.CloseWithError(err) // nil closes: later writes fail, never hang
-		w.done <- err
-	}()
+	w := &Writer{key: key, codec: c}
+	if d, ok := b.(directBackend); ok {
+		o, err := d.create(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		w.sink, w.commit, w.drop = o, o.commit, o.abort
+	} else {
+		ctx, cancel := context.WithCancel(ctx)
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			err := b.Put(ctx, key, pr)
+			pr.CloseWithError(err) // nil closes: later writes fail, never hang
+			done <- err
+		}()
+		w.sink = pw
+		w.commit = func() error {
+			pw.Close()
+			err := <-done
+			cancel()
+			return err
+		}
+		w.drop = func() {
+			pw.CloseWithError(errAborted)
+			cancel()
+			<-done
+		}
+	}
+	w.out = &hashWriter{w: w.sink, h: sha256.New()}
 	if _, err := w.out.Write(encodeHeader(c, cr != nil)); err != nil {
 		w.Abort()
 		return nil, w.putError(err)
@@ -211,16 +243,21 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	n, err := w.enc.Write(p)
-	w.n += int64(n)
-	if w.mac != nil {
-		w.mac.Write(p[:n])
+	done := 0
+	for done < len(p) {
+		q := p[done:min(len(p), done+writePiece)]
+		n, err := w.enc.Write(q)
+		w.n += int64(n)
+		if w.mac != nil {
+			w.mac.Write(q[:n])
+		}
+		done += n
+		if err != nil {
+			w.err = w.putError(err)
+			return done, w.err
+		}
 	}
-	if err != nil {
-		w.err = w.putError(err)
-		return n, w.err
-	}
-	return n, nil
+	return done, nil
 }
 
 // putError prefers the backend's own error over the pipe's echo of it.
@@ -258,13 +295,12 @@ func (w *Writer) Close() (Meta, error) {
 	}
 	copy(m.SHA256[:], w.out.h.Sum(nil))
 	m.Codec, m.Size, m.StoredSize = w.codec, w.n, w.out.n+int64(trailerSizeOf(m.Encrypted))
-	if _, err := w.pw.Write(encodeTrailer(w.n, m.SHA256[:], mac)); err != nil {
+	if _, err := w.sink.Write(encodeTrailer(w.n, m.SHA256[:], mac)); err != nil {
 		w.Abort()
 		return m, w.putError(err)
 	}
-	w.pw.Close()
-	err := <-w.done
-	w.once.Do(w.cancel)
+	err := w.commit()
+	w.once.Do(func() {})
 	if err != nil {
 		return m, err
 	}
@@ -274,11 +310,7 @@ func (w *Writer) Close() (Meta, error) {
 // Abort cancels the write; nothing becomes visible under the key. It is
 // safe to call after Close.
 func (w *Writer) Abort() {
-	w.once.Do(func() {
-		w.pw.CloseWithError(errAborted)
-		w.cancel()
-		<-w.done
-	})
+	w.once.Do(w.drop)
 }
 
 // Reader decompresses one object and checks it. Read returns an error
