@@ -55,10 +55,14 @@ var benchRatios = []struct {
 	{"stream cpu-s/GB", "walkeeper-lz4", "pg_receivewal-lz4", 1.3, false},
 	{"stream cpu-s/GB", "walkeeper-none", "pg_receivewal", 1.3, false},
 	{"stream cpu-s/GB", "walkeeper-zstd", "pg_receivewal", 0, false},
+	{"stream catch-up-s", "walkeeper-lz4", "pg_receivewal-lz4", 1.0, false},
+	{"stream catch-up-s", "walkeeper-none", "pg_receivewal", 1.0, false},
 	{"backup wall-s", "walkeeper-zstd", "pg_basebackup-client-zstd", 0.8, false},
 	{"backup wall-s", "walkeeper-lz4", "pg_basebackup-client-lz4", 0.8, false},
 	{"restore wall-s", "walkeeper-zstd", "pgbackrest-process-max-2", 0.8, false},
 	{"restore wall-s", "walkeeper-parallel-1", "walkeeper-parallel-2", 1.6, true},
+	{"backup wall-s", "pg_basebackup-server-zstd", "pg_basebackup-client-zstd", 0, false},
+	{"backup wall-s", "pg_basebackup-server-zstd-workers-2", "pg_basebackup-client-zstd", 0, false},
 }
 
 // printBenchTable writes the table, then the ratios, for both the current

@@ -106,6 +106,8 @@ func BenchmarkStream1GB(b *testing.B) {
 				m := measure(b, r.name, cmd, dir)
 				benchRecord("stream cpu-s/GB", r.name, m.cpu.Seconds()/(walMB/1000))
 				benchRecord("stream stored/WAL", r.name, m.storedMB/walMB)
+				// Catch-up: the slot holds all the WAL when the tool starts.
+				benchRecord("stream catch-up-s", r.name, m.wall.Seconds())
 				b.ReportMetric(walMB/m.wall.Seconds(), "MB/s")
 				b.ReportMetric(m.cpu.Seconds()/(walMB/1000), "cpu-s/GB")
 				b.ReportMetric(m.rssMB, "peak-RSS-MB")
@@ -174,6 +176,16 @@ func BenchmarkBackup1GB(b *testing.B) {
 			backups = append(backups, job{"pg_basebackup-client-" + codec, func(dir string) *exec.Cmd {
 				return c.Command(context.Background(), harness.PGBin("pg_basebackup"), "-D", filepath.Join(dir, "out"), "-Ft", "-X", "fetch",
 					"--compress=client-"+codec, "-c", "fast", "-d", c.DSN(harness.ReplicationUser))
+			}})
+		}
+		// Server-side compression (issue 13, item 3): the walsender
+		// compresses, with and without zstd worker threads; measured with
+		// pg_basebackup to see when it pays off (docs/backups.md).
+		for _, spec := range []string{"server-zstd", "server-zstd:workers=2"} {
+			name := "pg_basebackup-" + strings.ReplaceAll(strings.ReplaceAll(spec, ":", "-"), "=", "-")
+			backups = append(backups, job{name, func(dir string) *exec.Cmd {
+				return c.Command(context.Background(), harness.PGBin("pg_basebackup"), "-D", filepath.Join(dir, "out"), "-Ft", "-X", "fetch",
+					"--compress="+spec, "-c", "fast", "-d", c.DSN(harness.ReplicationUser))
 			}})
 		}
 		var brConf string

@@ -46,8 +46,9 @@
 //
 // # Invariant: the slot never passes what is durable
 //
-// The uploader (uploader.go) stores jobs strictly in LSN order, one at a
-// time, and publishes the end LSN of the last stored job. Standby status
+// The uploader (uploader.go) stores complete segments two at a time and
+// every other job alone, and publishes jobs strictly in LSN order: the end
+// LSN of the last job stored with all jobs before it stored. Standby status
 // updates report write = received and flush = apply = that published
 // position, so the server's slot (whose restart_lsn follows flush) never
 // releases WAL the repository does not hold. The status update is built here,
@@ -70,7 +71,8 @@
 // QueueSegments segments; when storage is slow the receiver waits on the
 // queue (still answering the server's keepalives), TCP pushes back, and the
 // slot keeps the WAL on the primary. Memory is therefore bounded by about
-// (QueueSegments + 2) × wal_segment_size.
+// (QueueSegments + 3) × wal_segment_size (the queue, two segments being
+// stored, the one being received).
 //
 // # Metrics
 //

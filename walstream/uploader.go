@@ -147,33 +147,91 @@ func (u *uploader) setFatal(err error) {
 	u.mu.Unlock()
 }
 
+// segmentWorkers is how many complete segments are stored at once: a
+// stream catching up (after an outage, or behind a bulk load) overlaps one
+// segment's compression with another's write and fsync. Everything else
+// (partials, history files, barriers) is stored alone, after the segments
+// before it. Two keep memory at (queue + 3) segments.
+const segmentWorkers = 2
+
+// inflight is a complete segment being stored by a worker.
+type inflight struct {
+	j      job
+	ok     bool
+	stored chan struct{}
+}
+
 // run stores jobs until q is closed. ctx should outlive the receiver so
-// that queued WAL is stored on shutdown.
+// that queued WAL is stored on shutdown. Complete segments are stored by up
+// to segmentWorkers goroutines; results are published (the flush position,
+// done) strictly in queue order, so the slot never moves past a segment
+// that is not stored yet.
 func (u *uploader) run(ctx context.Context) {
-	for j := range u.q {
-		u.process(ctx, j)
+	var pending []*inflight
+	publishOldest := func() {
+		f := pending[0]
+		<-f.stored
+		pending = pending[1:]
+		u.publish(f.j, f.ok)
+	}
+	for {
+		if len(pending) >= segmentWorkers {
+			publishOldest()
+			continue
+		}
+		var oldest chan struct{}
+		if len(pending) > 0 {
+			oldest = pending[0].stored
+		}
+		select {
+		case <-oldest:
+			publishOldest()
+		case j, open := <-u.q:
+			if !open {
+				for len(pending) > 0 {
+					publishOldest()
+				}
+				return
+			}
+			if j.kind == jobSegment && segmentWorkers > 1 {
+				f := &inflight{j: j, stored: make(chan struct{})}
+				pending = append(pending, f)
+				go func() {
+					f.ok = u.storeRetrying(ctx, j)
+					close(f.stored)
+				}()
+				continue
+			}
+			for len(pending) > 0 {
+				publishOldest()
+			}
+			u.process(ctx, j)
+		}
 	}
 }
 
+// process stores one job and publishes it.
 func (u *uploader) process(ctx context.Context, j job) {
-	defer func() {
-		if j.done != nil {
-			close(j.done)
-		}
-	}()
+	u.publish(j, u.storeRetrying(ctx, j))
+}
+
+// storeRetrying stores j, retrying with backoff until storage accepts it;
+// it returns false when the stream is ending (a permanent error, the
+// context, or an earlier fatal error) and j is dropped.
+func (u *uploader) storeRetrying(ctx context.Context, j job) bool {
 	if u.fatal() != nil {
-		return // drop: the stream is ending with that error
+		return false // drop: the stream is ending with that error
 	}
 	backoff := time.Second
 	for {
 		err := u.store(ctx, j)
 		if err == nil {
-			break
+			return true
 		}
 		u.stats.UploadErrors.Add(1)
 		if giveUp(err) || ctx.Err() != nil {
 			u.setFatal(err)
-			return
+			return false
 		}
 		u.stats.UploadRetries.Add(1)
 		u.failed(err, backoff)
@@ -181,11 +239,25 @@ func (u *uploader) process(ctx context.Context, j job) {
 		case <-time.After(backoff):
 		case <-ctx.Done():
 			u.setFatal(fmt.Errorf("%w (gave up: %w)", err, ctx.Err()))
-			return
+			return false
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
-	defer u.recovered()
+}
+
+// publish records a stored job, in queue order: metrics, the flush
+// position (never past a job that was dropped: the stream is then ending),
+// and done.
+func (u *uploader) publish(j job, stored bool) {
+	defer func() {
+		if j.done != nil {
+			close(j.done)
+		}
+	}()
+	if !stored || u.fatal() != nil {
+		return
+	}
+	u.recovered()
 	switch j.kind {
 	case jobSegment:
 		u.segmentEnd.Store(uint64(j.end))

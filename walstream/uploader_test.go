@@ -167,3 +167,74 @@ func TestUploaderRangesStayFewAndExact(t *testing.T) {
 		t.Errorf("after the complete segment: %d objects, want only %s", len(ix.Objects), name)
 	}
 }
+
+// gated holds every Put of a key containing hold until release is closed.
+type gated struct {
+	storage.Backend
+	hold    string
+	release chan struct{}
+	held    chan struct{} // closed when the held Put has started
+	once    atomic.Bool
+}
+
+func (g *gated) Put(ctx context.Context, key string, r io.Reader) error {
+	if bytes.Contains([]byte(key), []byte(g.hold)) {
+		if g.once.CompareAndSwap(false, true) {
+			close(g.held)
+		}
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.Backend.Put(ctx, key, r)
+}
+
+// TestUploaderPublishesInOrder: two complete segments are stored at once,
+// and the second finishes first; the flush position must not move until
+// the first is stored too, and then it moves to the end of both.
+func TestUploaderPublishesInOrder(t *testing.T) {
+	const segSize = 1 << 20
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	first := newSegment(1, LSN(3*segSize), segSize)
+	first.append(bytes.Repeat([]byte("one!"), segSize/4))
+	second := newSegment(1, LSN(4*segSize), segSize)
+	second.append(bytes.Repeat([]byte("two!"), segSize/4))
+	g := &gated{Backend: storage.NewMemory(), hold: first.name(), release: make(chan struct{}), held: make(chan struct{})}
+	repo := storage.NewRepository(g, storage.CodecZstd)
+	u := newUploader(repo, slog.New(slog.DiscardHandler), 4)
+	go u.run(ctx)
+	done := make(chan struct{})
+	u.q <- job{kind: jobSegment, seg: first, snap: first.snapshot(first.size), end: first.end()}
+	u.q <- job{kind: jobSegment, seg: second, snap: second.snapshot(second.size), end: second.end(), done: done}
+	<-g.held
+	// The second segment is stored while the first is held ...
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := archive.Find(ctx, repo, second.name()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second segment was not stored while the first was held: no parallel store")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	// ... but nothing is published past the held one.
+	if f := LSN(u.flushed.Load()); f != 0 {
+		t.Fatalf("flushed %s while %s is not stored", f, first.name())
+	}
+	select {
+	case <-done:
+		t.Fatal("the second job was reported done before the first was stored")
+	default:
+	}
+	close(g.release)
+	<-done
+	if f := LSN(u.flushed.Load()); f != second.end() {
+		t.Fatalf("flushed %s, want %s", f, second.end())
+	}
+	close(u.q)
+}
