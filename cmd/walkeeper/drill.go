@@ -115,7 +115,7 @@ func drillRun(c *cli.Context) (*drill.Report, error) {
 			return nil, usagef("--check-sql: %v", err)
 		}
 	}
-	cmd, exe, err := walFetchCommand(c, true)
+	cmd, exe, keyFiles, err := walFetchCommand(c, true)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +132,7 @@ func drillRun(c *cli.Context) (*drill.Report, error) {
 		Repo: repo, BackupID: c.String(drillBackupFlag.Name), Scratch: scratch, Keep: c.Bool(drillKeepFlag.Name),
 		PGBin: c.String(drillPGBinFlag.Name), Owner: c.String(drillOwnerFlag.Name), DBUser: c.String(drillDBUserFlag.Name),
 		Amcheck: c.Bool(drillAmcheckFlag.Name), CheckSQL: string(sql), CheckSQLName: c.String(drillCheckSQLFlag.Name),
-		CheckDatabase: c.String(drillCheckDBFlag.Name), Recovery: rec, RepoDir: repoDir, Binary: exe,
+		CheckDatabase: c.String(drillCheckDBFlag.Name), Recovery: rec, RepoDir: repoDir, Binary: exe, KeyFiles: keyFiles,
 		Timeout: c.Duration(drillTimeoutFlag.Name), Log: slog.Default(),
 	})
 	if err != nil {
