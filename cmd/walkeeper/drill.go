@@ -56,6 +56,10 @@ for node-exporter's textfile collector). Exit code 0: the backup is sound;
 Run it from cron or a systemd timer on a machine with the backup's size free
 and the server binaries of its major version (deploy/walkeeper-drill.timer).
 It never connects to the primary and cannot archive into the repository.
+An encrypted repository needs its private key (--identity-file, or
+--passphrase-file), which the throwaway server's restore_command reads by
+its path; without it, or if the server's OS user cannot read the file, the
+drill cannot run (exit 1).
 
 Examples:
   walkeeper drill --repo s3://bucket/db1 --scratch /var/tmp/walkeeper-drill
