@@ -48,6 +48,8 @@ type Options struct {
 	Recovery restore.Recovery
 	// RepoDir and Binary are passed to restore for its access check.
 	RepoDir, Binary string
+	// KeyFiles are the key files restore_command reads, for the same check.
+	KeyFiles []string
 	// Timeout bounds the recovery (default 1 hour).
 	Timeout time.Duration
 	Log     *slog.Logger
@@ -148,6 +150,10 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		opts.DBUser = own.name
 	}
 
+	// An encrypted repository without its private key: nothing to drill.
+	if err := opts.Repo.NeedContent(ctx); err != nil {
+		return nil, err
+	}
 	meta, err := restore.Choose(ctx, opts.Repo, opts.BackupID, opts.Recovery)
 	if err != nil {
 		return nil, err
@@ -171,7 +177,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	for _, g := range gaps {
 		rep.problem(ProblemMissingWAL, g.first, "%s: recovery from backup %s stops before it, short of the end of the archive", g.detail, meta.ID)
 	}
-	d.run(ctx)
+	if err := d.run(ctx); err != nil {
+		return nil, err
+	}
 	rep.OK = len(rep.Problems) == 0
 	if ctx.Err() != nil {
 		return rep, ctx.Err()
@@ -192,7 +200,9 @@ type drill struct {
 
 func (d *drill) dataDir() string { return filepath.Join(d.scratch, "data") }
 
-func (d *drill) run(ctx context.Context) {
+// run restores, recovers and checks, recording what it finds in the
+// report; an error means the drill could not run at all.
+func (d *drill) run(ctx context.Context) error {
 	began := time.Now()
 	tsMap := map[string]string{}
 	for _, ts := range d.meta.Tablespaces {
@@ -203,20 +213,24 @@ func (d *drill) run(ctx context.Context) {
 	d.log.Info("drill: restoring", "backup", d.meta.ID, "scratch", d.scratch)
 	_, err := restore.Run(ctx, restore.Options{
 		Repo: d.opts.Repo, TargetDir: d.dataDir(), BackupID: d.meta.ID, Owner: d.own.name, TablespaceMap: tsMap,
-		Recovery: d.opts.Recovery, RepoDir: d.opts.RepoDir, Binary: d.opts.Binary, NoSync: true, Log: d.log,
+		Recovery: d.opts.Recovery, RepoDir: d.opts.RepoDir, Binary: d.opts.Binary, KeyFiles: d.opts.KeyFiles, NoSync: true, Log: d.log,
 	})
 	d.rep.RestoreSeconds = time.Since(began).Seconds()
+	var access restore.ServerAccessError
+	if errors.As(err, &access) {
+		return err // the drill could not run: a finding about the setup, not the backup
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			d.rep.problem(ProblemRestore, d.meta.ID, "%v", err)
 		}
-		return
+		return nil
 	}
 	started := time.Now()
 	srv, err := startServer(ctx, d.bin, d.own, d.dataDir(), d.scratch, d.log)
 	if err != nil {
 		d.rep.problem(ProblemRecovery, "", "%v", err)
-		return
+		return nil
 	}
 	d.srv = srv
 	d.log.Info("drill: recovering", "port", srv.port)
@@ -229,7 +243,7 @@ func (d *drill) run(ctx context.Context) {
 		if ctx.Err() == nil {
 			d.rep.problem(ProblemRecovery, "", "%v", err)
 		}
-		return
+		return nil
 	}
 	defer conn.Close(context.Background())
 	if lsn, err := queryString(ctx, conn, "SELECT coalesce(pg_last_wal_replay_lsn()::text, '')"); err == nil && lsn != "" {
@@ -250,6 +264,7 @@ func (d *drill) run(ctx context.Context) {
 		d.checkSQL(ctx)
 	}
 	d.rep.CheckSeconds = time.Since(checks).Seconds()
+	return nil
 }
 
 // cleanup stops the server and removes what the drill made.

@@ -155,10 +155,11 @@ func (c accessChecker) need(p string, want permBits, what string) string {
 }
 
 // checkServerAccess refuses a restore whose restore_command the server's OS
-// user could not run: the binary, a local repository (repoDir, "" for S3)
+// user could not run: the binary, the key files it reads (keyFiles: the
+// identity or passphrase file), a local repository (repoDir, "" for S3)
 // and the first WAL segment the backup needs (firstWAL, a path below
 // repoDir, "" when not stored there).
-func checkServerAccess(own *owner, repoDir, binary string, firstWAL []string) error {
+func checkServerAccess(own *owner, repoDir, binary string, keyFiles, firstWAL []string) error {
 	if own == nil || own.uid == 0 {
 		return nil
 	}
@@ -167,6 +168,14 @@ func checkServerAccess(own *owner, repoDir, binary string, firstWAL []string) er
 		if why := c.need(binary, permX, binary); why != "" {
 			return fmt.Errorf("the restored server's OS user %s cannot run restore_command, which calls %s: %s; install walkeeper where that user can run it (e.g. /usr/local/bin), or give your own --restore-command",
 				c.u.name, binary, why)
+		}
+	}
+	// The identity or passphrase file, which restore_command names by its
+	// path: unreadable, recovery would fail at its first segment.
+	for _, f := range keyFiles {
+		if why := c.need(f, permR, f); why != "" {
+			return fmt.Errorf("the restored server's OS user %s cannot read the key file %s, which its restore_command reads: %s; give that user read access (e.g. chown %s %s; keep it mode 0600)",
+				c.u.name, f, why, ownerName(own.uid), f)
 		}
 	}
 	if repoDir == "" {

@@ -54,6 +54,9 @@ type Options struct {
 	// restore checks that the restored server's OS user can use both ("":
 	// not checked, e.g. S3 or a restore command of the operator's own).
 	RepoDir, Binary string
+	// KeyFiles are the files Recovery.RestoreCommand reads the key from
+	// (--identity-file, --passphrase-file), checked like Binary.
+	KeyFiles []string
 	// NoSync skips every fsync (like pg_basebackup --no-sync): faster, but
 	// a crash of the machine can leave a directory that starts and is
 	// corrupt. For tests and throwaway copies.
@@ -64,6 +67,14 @@ type Options struct {
 	// the real one); tests record it.
 	fs fileSystem
 }
+
+// ServerAccessError means the restored server's OS user could not run
+// restore_command: the binary, a key file or the local repository is out
+// of its reach. The setup is wrong, not the backup; nothing was written.
+type ServerAccessError struct{ Err error }
+
+func (e ServerAccessError) Error() string { return e.Err.Error() }
+func (e ServerAccessError) Unwrap() error { return e.Err }
 
 // Progress is how far a restore is: bytes of tar extracted and regular
 // files written, of the totals. TotalFiles is 0 when the backup does not
@@ -105,8 +116,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkServerAccess(own, opts.RepoDir, opts.Binary, firstWALFiles(opts.RepoDir, meta)); err != nil {
-		return nil, err
+	if err := checkServerAccess(own, opts.RepoDir, opts.Binary, opts.KeyFiles, firstWALFiles(opts.RepoDir, meta)); err != nil {
+		return nil, ServerAccessError{err}
 	}
 	// Every root the restore writes into, checked before anything is written.
 	roots := map[string]string{"": target}

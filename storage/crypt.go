@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"filippo.io/age"
 	"golang.org/x/crypto/scrypt"
@@ -152,13 +153,33 @@ func CheckKeys(k Keys) error {
 	return err
 }
 
+// derived remembers the passphrase mode's key pairs by a hash of
+// passphrase and salt, so a process pays for scrypt once per salt, however
+// many times it checks its keys (Init, then every read and write).
+var derived sync.Map // [32]byte → *age.X25519Identity
+
 // passphraseIdentity derives the passphrase mode's key pair.
 func passphraseIdentity(pass string, salt []byte) (*age.X25519Identity, error) {
+	h := sha256.New()
+	h.Write([]byte("walkeeper passphrase memo\x00"))
+	h.Write([]byte{byte(len(salt))})
+	h.Write(salt)
+	h.Write([]byte(pass))
+	var memo [32]byte
+	h.Sum(memo[:0])
+	if id, ok := derived.Load(memo); ok {
+		return id.(*age.X25519Identity), nil
+	}
 	scalar, err := scrypt.Key([]byte(pass), salt, 1<<scryptLogN, 8, 1, 32)
 	if err != nil {
 		return nil, err
 	}
-	return age.ParseX25519Identity(strings.ToUpper(bech32Encode("age-secret-key-", scalar)))
+	id, err := age.ParseX25519Identity(strings.ToUpper(bech32Encode("age-secret-key-", scalar)))
+	if err != nil {
+		return nil, err
+	}
+	derived.Store(memo, id)
+	return id, nil
 }
 
 // newCrypter checks keys against the repository's encryption settings (nil

@@ -200,3 +200,66 @@ func TestPassphraseRepository(t *testing.T) {
 		t.Fatalf("wrong passphrase: %v", err)
 	}
 }
+
+// racingBackend lets two repositories read walkeeper.json before either
+// creates it, as a stream and a backup started together on an empty
+// repository do.
+type racingBackend struct {
+	storage.Backend
+	arrived chan struct{}
+}
+
+func (b racingBackend) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	rc, err := b.Backend.Get(ctx, key, off, n)
+	if key == storage.ConfigKey && errors.Is(err, storage.ErrNotFound) {
+		select {
+		case b.arrived <- struct{}{}:
+		case <-b.arrived:
+		}
+	}
+	return rc, err
+}
+
+// TestConcurrentCreateOfPassphraseRepository: two runs that create one
+// passphrase repository at once (each with its own random salt) must end
+// up with the key walkeeper.json records, or every object one of them
+// wrote would be unreadable.
+func TestConcurrentCreateOfPassphraseRepository(t *testing.T) {
+	ctx := context.Background()
+	mem := storage.NewMemory()
+	b := racingBackend{Backend: mem, arrived: make(chan struct{})}
+	keys := storage.Keys{Passphrase: "correct horse battery staple"}
+	repos := []*storage.Repository{
+		storage.NewRepository(b, storage.CodecZstd).WithKeys(keys),
+		storage.NewRepository(b, storage.CodecZstd).WithKeys(keys),
+	}
+	errs := make(chan error, 2)
+	for i, r := range repos {
+		go func() {
+			if _, err := r.Init(ctx, cluster); err != nil {
+				errs <- err
+				return
+			}
+			w, err := r.Create(ctx, "wal/x"+string(rune('0'+i)))
+			if err == nil {
+				_, err = w.Write([]byte("content"))
+			}
+			if err == nil {
+				_, err = w.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range repos {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	reader := storage.NewRepository(mem, storage.CodecZstd).WithKeys(keys)
+	for i := range repos {
+		key := "wal/x" + string(rune('0'+i)) + ".zst"
+		if got, err := readAll(reader, key); err != nil || string(got) != "content" {
+			t.Errorf("%s, written by run %d: %q, %v", key, i, got, err)
+		}
+	}
+}

@@ -449,33 +449,13 @@ func (r *Repository) Format(ctx context.Context) (int, error) {
 func (r *Repository) Init(ctx context.Context, want Config) (*Config, error) {
 	have, err := r.Config(ctx)
 	if errors.Is(err, ErrNotFound) {
-		enc, err := newEncryptionConfig(r.keys)
-		if err != nil {
-			return nil, err
+		created, cerr := r.create(ctx, want)
+		if !errors.Is(cerr, errLostCreate) {
+			return created, cerr
 		}
-		cr, err := newCrypter(r.keys, enc, r.b.String(), true)
-		if err != nil {
-			return nil, err
-		}
-		want.FormatVersion, want.Encryption = FormatVersion, enc
-		if enc != nil {
-			want.FormatVersion = EncryptedFormatVersion
-		}
-		if want.CreatedAt.IsZero() {
-			want.CreatedAt = time.Now().UTC().Truncate(time.Second)
-		}
-		data, err := json.MarshalIndent(want, "", "  ")
-		if err != nil {
-			return nil, err
-		}
-		if err := r.b.Put(ctx, ConfigKey, bytes.NewReader(append(data, '\n'))); err != nil {
-			return nil, fmt.Errorf("create %s: %w", ConfigKey, err)
-		}
-		r.format.Store(int64(want.FormatVersion))
-		r.keyMu.Lock()
-		r.ks = &keyState{enc: enc, cr: cr}
-		r.keyMu.Unlock()
-		return &want, nil
+		// Another run created it first (a stream and a backup started
+		// together): check against theirs, whose salt every object uses.
+		have, err = r.Config(ctx)
 	}
 	if err != nil {
 		return nil, err
@@ -499,4 +479,64 @@ func (r *Repository) Init(ctx context.Context, want Config) (*Config, error) {
 			ErrWrongCluster, r.b, strings.Join(diffs, "; ")))
 	}
 	return have, nil
+}
+
+// errLostCreate: another run created walkeeper.json between this run's
+// read and its write.
+var errLostCreate = errors.New("walkeeper.json was created by another run")
+
+// create writes walkeeper.json for an empty repository. Of runs creating it
+// at once exactly one must win: in the passphrase mode each would pick its
+// own random salt, and the objects of a loser that kept its own key would
+// be unreadable. PutIfAbsent decides where the backend supports it; the
+// stored bytes are read back in any case (a server may ignore the
+// condition), and a run that does not find its own returns errLostCreate.
+func (r *Repository) create(ctx context.Context, want Config) (*Config, error) {
+	enc, err := newEncryptionConfig(r.keys)
+	if err != nil {
+		return nil, err
+	}
+	cr, err := newCrypter(r.keys, enc, r.b.String(), true)
+	if err != nil {
+		return nil, err
+	}
+	want.FormatVersion, want.Encryption = FormatVersion, enc
+	if enc != nil {
+		want.FormatVersion = EncryptedFormatVersion
+	}
+	if want.CreatedAt.IsZero() {
+		want.CreatedAt = time.Now().UTC().Truncate(time.Second)
+	}
+	data, err := json.MarshalIndent(want, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	data = append(data, '\n')
+	_, err = r.b.PutIfAbsent(ctx, ConfigKey, data)
+	if errors.Is(err, ErrConditionalUnsupported) {
+		err = r.b.Put(ctx, ConfigKey, bytes.NewReader(data))
+	}
+	if errors.Is(err, ErrPrecondition) {
+		return nil, errLostCreate
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", ConfigKey, err)
+	}
+	rc, err := r.b.Get(ctx, ConfigKey, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("read back %s: %w", ConfigKey, err)
+	}
+	stored, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+	rc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read back %s: %w", ConfigKey, err)
+	}
+	if !bytes.Equal(stored, data) {
+		return nil, errLostCreate
+	}
+	r.format.Store(int64(want.FormatVersion))
+	r.keyMu.Lock()
+	r.ks = &keyState{enc: enc, cr: cr}
+	r.keyMu.Unlock()
+	return &want, nil
 }

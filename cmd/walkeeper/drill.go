@@ -56,6 +56,10 @@ for node-exporter's textfile collector). Exit code 0: the backup is sound;
 Run it from cron or a systemd timer on a machine with the backup's size free
 and the server binaries of its major version (deploy/walkeeper-drill.timer).
 It never connects to the primary and cannot archive into the repository.
+An encrypted repository needs its private key (--identity-file, or
+--passphrase-file), which the throwaway server's restore_command reads by
+its path; without it, or if the server's OS user cannot read the file, the
+drill cannot run (exit 1).
 
 Examples:
   walkeeper drill --repo s3://bucket/db1 --scratch /var/tmp/walkeeper-drill
@@ -115,7 +119,7 @@ func drillRun(c *cli.Context) (*drill.Report, error) {
 			return nil, usagef("--check-sql: %v", err)
 		}
 	}
-	cmd, exe, err := walFetchCommand(c, true)
+	cmd, exe, keyFiles, err := walFetchCommand(c, true)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +136,7 @@ func drillRun(c *cli.Context) (*drill.Report, error) {
 		Repo: repo, BackupID: c.String(drillBackupFlag.Name), Scratch: scratch, Keep: c.Bool(drillKeepFlag.Name),
 		PGBin: c.String(drillPGBinFlag.Name), Owner: c.String(drillOwnerFlag.Name), DBUser: c.String(drillDBUserFlag.Name),
 		Amcheck: c.Bool(drillAmcheckFlag.Name), CheckSQL: string(sql), CheckSQLName: c.String(drillCheckSQLFlag.Name),
-		CheckDatabase: c.String(drillCheckDBFlag.Name), Recovery: rec, RepoDir: repoDir, Binary: exe,
+		CheckDatabase: c.String(drillCheckDBFlag.Name), Recovery: rec, RepoDir: repoDir, Binary: exe, KeyFiles: keyFiles,
 		Timeout: c.Duration(drillTimeoutFlag.Name), Log: slog.Default(),
 	})
 	if err != nil {

@@ -117,17 +117,18 @@ func restoreAction(c *cli.Context) error {
 	// What the restored server's restore_command uses, for restore to check
 	// that the server's OS user can: this binary and a local repository.
 	var repoDir, binary string
+	var keyFiles []string
 	if own := c.String(restoreCommandFlag.Name); own != "" {
 		if !strings.Contains(own, "%p") {
 			return usagef("--restore-command %q has no %%p: PostgreSQL puts the file's destination there", own)
 		}
 		rec.RestoreCommand = own
 	} else {
-		cmd, exe, err := walFetchCommand(c, !rec.AsReplica)
+		cmd, exe, files, err := walFetchCommand(c, !rec.AsReplica)
 		if err != nil {
 			return err
 		}
-		rec.RestoreCommand, binary = cmd, exe
+		rec.RestoreCommand, binary, keyFiles = cmd, exe, files
 		if loc, err := storage.ParseLocation(c.String(repoFlag.Name)); err == nil && loc.Scheme == "file" {
 			repoDir = loc.Path
 		}
@@ -152,7 +153,7 @@ func restoreAction(c *cli.Context) error {
 	opts := restore.Options{
 		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name),
 		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
-		Recovery: rec, RepoDir: repoDir, Binary: binary, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
+		Recovery: rec, RepoDir: repoDir, Binary: binary, KeyFiles: keyFiles, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
 	}
 	bar := newRestoreProgress(os.Stderr)
 	if bar != nil {
@@ -170,14 +171,15 @@ func restoreAction(c *cli.Context) error {
 }
 
 // walFetchCommand builds restore_command: this binary's absolute path,
-// wal-fetch and the repository settings, never secrets. fatal makes storage
-// errors abort recovery instead of looking like the end of the archive.
-func walFetchCommand(c *cli.Context, fatal bool) (cmd, exe string, err error) {
+// wal-fetch and the repository settings, never secrets; keyFiles are the
+// key files it names by their absolute paths. fatal makes storage errors
+// abort recovery instead of looking like the end of the archive.
+func walFetchCommand(c *cli.Context, fatal bool) (cmd, exe string, keyFiles []string, err error) {
 	if exe, err = os.Executable(); err != nil {
-		return "", "", err
+		return "", "", nil, err
 	}
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return "", "", err
+		return "", "", nil, err
 	}
 	args := []string{exe, "wal-fetch", "--repo", c.String(repoFlag.Name)}
 	if v := c.String(s3EndpointFlag.Name); v != "" {
@@ -195,18 +197,20 @@ func walFetchCommand(c *cli.Context, fatal bool) (cmd, exe string, err error) {
 	if v := c.String(identityFileFlag.Name); v != "" {
 		abs, err := filepath.Abs(v)
 		if err != nil {
-			return "", "", err
+			return "", "", nil, err
 		}
 		args = append(args, "--identity-file", abs)
+		keyFiles = append(keyFiles, abs)
 	}
 	if v := c.String(passphraseFileFlag.Name); v != "" {
 		abs, err := filepath.Abs(v)
 		if err != nil {
-			return "", "", err
+			return "", "", nil, err
 		}
 		args = append(args, "--passphrase-file", abs)
+		keyFiles = append(keyFiles, abs)
 	} else if os.Getenv(passphraseEnv) != "" {
-		return "", "", usagef("restore_command cannot carry the passphrase of %s: give it with --passphrase-file FILE "+
+		return "", "", nil, usagef("restore_command cannot carry the passphrase of %s: give it with --passphrase-file FILE "+
 			"(readable by the server's OS user) instead", passphraseEnv)
 	}
 	if fatal {
@@ -215,7 +219,7 @@ func walFetchCommand(c *cli.Context, fatal bool) (cmd, exe string, err error) {
 	for i, a := range args {
 		args[i] = shellQuote(a)
 	}
-	return strings.Join(args, " ") + " %f %p", exe, nil
+	return strings.Join(args, " ") + " %f %p", exe, keyFiles, nil
 }
 
 var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_./:=@,+-]+$`)

@@ -27,7 +27,12 @@ repository must already have walkeeper.json (written by 'walkeeper backup' or
 'walkeeper stream'); a segment's header must match it (system identifier,
 segment size), so another cluster's WAL is refused. A file already stored
 with the same content is success ("already stored"); different content is
-refused and never overwritten. Details: docs/wal-fetch.md.`,
+refused and never overwritten. Details: docs/wal-fetch.md.
+
+Into an encrypted repository, wal-push needs only the public key:
+  archive_command = '/usr/local/bin/walkeeper wal-push --repo s3://bucket/db1 --encrypt-to age1... %p'
+(or WALKEEPER_ENCRYPT_TO in the server's environment); without it the push
+is refused. docs/encryption.md.`,
 		Action: walPushAction,
 	})
 }
