@@ -442,6 +442,13 @@ func (r *Repository) Format(ctx context.Context) (int, error) {
 	return c.FormatVersion, nil
 }
 
+// InitTimeout is the deadline callers give Init: a few small requests and,
+// for a passphrase repository, one scrypt derivation (about 0.1 s, seconds
+// on a loaded machine or under the race detector), so it does not share
+// the short deadline of a database connection.
+const InitTimeout = time.Minute
+
+
 // Init makes sure the repository belongs to the cluster described by want
 // (SystemIdentifier, PGMajorVersion, WALSegmentSize): it creates
 // walkeeper.json in an empty repository and checks it in an existing one.

@@ -354,8 +354,10 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	// walkeeper.json only once the slot is known to be usable: bad input
 	// leaves nothing behind.
 	want := storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: major, WALSegmentSize: segSize}
+	ictx, icancel := context.WithTimeout(ctx, storage.InitTimeout)
+	defer icancel()
 	if _, err := s.opts.Repo.Config(cctx); err == nil {
-		if _, err := s.opts.Repo.Init(cctx, want); err != nil {
+		if _, err := s.opts.Repo.Init(ictx, want); err != nil {
 			return replication.Permanent(err)
 		}
 	} else if !errors.Is(err, storage.ErrNotFound) {
@@ -365,7 +367,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	cfg, err := s.opts.Repo.Init(cctx, want)
+	cfg, err := s.opts.Repo.Init(ictx, want)
 	if err != nil {
 		return replication.Permanent(err)
 	}
