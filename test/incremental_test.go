@@ -39,11 +39,11 @@ var incrTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_telle
 // and has the primary's data of that moment (row counts and md5 of all
 // rows), the dropped table stays dropped, and the restored backup_manifest
 // is a full one (every file in it with its size and CRC-32C, no
-// INCREMENTAL file, a valid Manifest-Checksum). The chain restored
-// --as-replica replays from the repository, streams from the primary and
-// follows it. Then an encrypted repository written with the public key
-// only falls back to a full backup (with the identity: an incremental that
-// restores), --max-chain falls back to a full backup, retention keeps
+// INCREMENTAL file, a valid Manifest-Checksum). On 18 (S3) the chain
+// restored --as-replica replays from the repository, streams from the
+// primary and follows it; on 17 an encrypted repository written with the
+// public key only falls back to a full backup (with the identity: an
+// incremental that restores). Then --max-chain falls back to a full backup, retention keeps
 // chains whole, summarize_wal = off is refused, WAL summaries the server
 // removed give a full backup, and a chain whose middle member is damaged or
 // missing is refused by restore and reported by verify. On 16,
@@ -51,18 +51,16 @@ var incrTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_telle
 func TestIncrementalChain(t *testing.T) {
 	t.Parallel()
 	// One version per repository kind keeps both covered at the cost of
-	// two chains, not four.
-	for _, tc := range []struct {
-		major  int
-		target func(t *testing.T) repoTarget
-	}{
-		{17, func(t *testing.T) repoTarget { return localRepoTarget(t, "incr17-repo") }},
-		{18, func(t *testing.T) repoTarget { return s3Target(harness.StartS3(t)) }},
+	// two chains, not four; the replica and the encrypted repository are
+	// each tried on one of them.
+	for _, tc := range []incrCase{
+		{major: 17, encrypted: true, target: func(t *testing.T) repoTarget { return localRepoTarget(t, "incr17-repo") }},
+		{major: 18, replica: true, target: func(t *testing.T) repoTarget { return s3Target(harness.StartS3(t)) }},
 	} {
 		t.Run(fmt.Sprintf("pg%d", tc.major), func(t *testing.T) {
 			t.Parallel()
 			harness.RequireServer(t, tc.major)
-			incrementalChain(t, tc.major, tc.target(t))
+			incrementalChain(t, tc, tc.target(t))
 		})
 	}
 	t.Run("pg16", func(t *testing.T) {
@@ -77,11 +75,22 @@ func TestIncrementalChain(t *testing.T) {
 	})
 }
 
+// incrCase is one server version of TestIncrementalChain.
+type incrCase struct {
+	major int
+	// target makes the repository.
+	target func(t *testing.T) repoTarget
+	// replica: also restore the chain --as-replica; encrypted: also the
+	// fallbacks of an encrypted repository.
+	replica, encrypted bool
+}
+
 type incrPoint struct {
 	id, stopLSN, sums, newdb string
 }
 
-func incrementalChain(t *testing.T, major int, target repoTarget) {
+func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
+	major := tc.major
 	name := fmt.Sprintf("incr%d", major)
 	repo, env := target.url, target.env
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: name, Major: major, ExtraConf: map[string]string{"summarize_wal": "on"}})
@@ -209,47 +218,49 @@ func incrementalChain(t *testing.T, major int, target repoTarget) {
 		restoreCompare(t, "pitr", i2, []string{"--target-time", at}, pAt, "10")
 	})
 	_ = p0
-	t.Run("restore_as_replica", func(t *testing.T) {
-		// The chain of i2 as a replica of the primary: it replays from the
-		// repository to its end, then streams on its own slot, and follows
-		// what the primary writes after that.
-		passfile := filepath.Join(harness.MakeDir(t, name+"-pgpass"), "pgpass")
-		os.WriteFile(passfile, []byte("127.0.0.1:"+strconv.Itoa(c.Port())+":*:walkeeper:"+c.Password()+"\n"), 0o600)
-		chownPostgres(t, passfile)
-		rdsn := "host=127.0.0.1 port=" + strconv.Itoa(c.Port()) + " user=walkeeper dbname=postgres sslmode=disable passfile=" + passfile
-		r := c.RestoreTarget(t, name+"-replica")
-		if _, stderr, code := runWalkeeper(t, env, "restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", i2,
-			"--as-replica", "--dsn", rdsn, "--slot", "incr_replica", "--port", strconv.Itoa(r.Port())); code != 0 {
-			t.Fatalf("restore --as-replica of %s: exit %d: %s", i2, code, stderr)
-		}
-		checkFullManifest(t, r.DataDir())
-		r.SetEnv(append(srvEnvOnly(env), raceEnv))
-		r.StartRestored(t)
-		waitFor(t, 2*time.Minute, "the replica to stream from the primary", func() bool {
-			return c.QueryString(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'incr_replica' AND state = 'streaming'") == "1"
+	if tc.replica {
+		t.Run("restore_as_replica", func(t *testing.T) {
+			// The chain of i2 as a replica of the primary: it replays from the
+			// repository to its end, then streams on its own slot, and follows
+			// what the primary writes after that.
+			passfile := filepath.Join(harness.MakeDir(t, name+"-pgpass"), "pgpass")
+			os.WriteFile(passfile, []byte("127.0.0.1:"+strconv.Itoa(c.Port())+":*:walkeeper:"+c.Password()+"\n"), 0o600)
+			chownPostgres(t, passfile)
+			rdsn := "host=127.0.0.1 port=" + strconv.Itoa(c.Port()) + " user=walkeeper dbname=postgres sslmode=disable passfile=" + passfile
+			r := c.RestoreTarget(t, name+"-replica")
+			if _, stderr, code := runWalkeeper(t, env, "restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", i2,
+				"--as-replica", "--dsn", rdsn, "--slot", "incr_replica", "--port", strconv.Itoa(r.Port())); code != 0 {
+				t.Fatalf("restore --as-replica of %s: exit %d: %s", i2, code, stderr)
+			}
+			checkFullManifest(t, r.DataDir())
+			r.SetEnv(append(srvEnvOnly(env), raceEnv))
+			r.StartRestored(t)
+			waitFor(t, 2*time.Minute, "the replica to stream from the primary", func() bool {
+				return c.QueryString(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'incr_replica' AND state = 'streaming'") == "1"
+			})
+			c.Exec(t, "INSERT INTO after SELECT generate_series(21, 30)")
+			newDBExec(t, c, "UPDATE t SET s = 'streamed' WHERE i > 1900")
+			want := c.QueryString(t, "SELECT pg_current_wal_lsn()::text")
+			waitFor(t, time.Minute, "the replica to replay up to "+want, func() bool {
+				return r.QueryString(t, "SELECT pg_last_wal_replay_lsn() >= '"+want+"'::pg_lsn") == "t"
+			})
+			tables := append(append([]string{}, incrTables...), "after")
+			if p, got := tableSums(t, c, tables...), tableSums(t, r, tables...); got != p {
+				t.Errorf("replica differs from the primary:\nprimary %s\nreplica %s", p, got)
+			}
+			if p, got := newDBSums(t, c), newDBSums(t, r); got != p {
+				t.Errorf("replica: database newdb %q, primary has %q", got, p)
+			}
+			if !strings.Contains(readLog(t, r), "restored log file") {
+				t.Error("the replica did not fetch WAL from the repository before streaming")
+			}
+			if r.QueryString(t, "SELECT pg_is_in_recovery()") != "t" {
+				t.Error("the replica is not in recovery")
+			}
+			r.Stop(t)
+			c.Exec(t, "SELECT pg_drop_replication_slot('incr_replica')")
 		})
-		c.Exec(t, "INSERT INTO after SELECT generate_series(21, 30)")
-		newDBExec(t, c, "UPDATE t SET s = 'streamed' WHERE i > 1900")
-		want := c.QueryString(t, "SELECT pg_current_wal_lsn()::text")
-		waitFor(t, time.Minute, "the replica to replay up to "+want, func() bool {
-			return r.QueryString(t, "SELECT pg_last_wal_replay_lsn() >= '"+want+"'::pg_lsn") == "t"
-		})
-		tables := append(append([]string{}, incrTables...), "after")
-		if p, got := tableSums(t, c, tables...), tableSums(t, r, tables...); got != p {
-			t.Errorf("replica differs from the primary:\nprimary %s\nreplica %s", p, got)
-		}
-		if p, got := newDBSums(t, c), newDBSums(t, r); got != p {
-			t.Errorf("replica: database newdb %q, primary has %q", got, p)
-		}
-		if !strings.Contains(readLog(t, r), "restored log file") {
-			t.Error("the replica did not fetch WAL from the repository before streaming")
-		}
-		if r.QueryString(t, "SELECT pg_is_in_recovery()") != "t" {
-			t.Error("the replica is not in recovery")
-		}
-		r.Stop(t)
-		c.Exec(t, "SELECT pg_drop_replication_slot('incr_replica')")
-	})
+	}
 
 	t.Run("verify", func(t *testing.T) {
 		if _, stderr, code := runWalkeeper(t, env, "verify", "--repo", repo); code != 0 {
@@ -257,59 +268,61 @@ func incrementalChain(t *testing.T, major int, target repoTarget) {
 		}
 	})
 
-	t.Run("encrypted_public_key_only", func(t *testing.T) {
-		// A second, encrypted repository beside the first. With only the
-		// public key the parent's manifest cannot be read for the server:
-		// a full backup with the reason; with the identity, an
-		// incremental one, which restores.
-		encRepo := repo + "-enc"
-		idFile := filepath.Join(harness.MakeDir(t, name+"-keys"), "id.key")
-		recipient, stderr, code := runWalkeeper(t, nil, "keygen", "--output", idFile)
-		if code != 0 {
-			t.Fatalf("keygen: exit %d: %s", code, stderr)
-		}
-		chownPostgres(t, idFile) // the restored server's restore_command reads it
-		wenv := append(append([]string{}, env...), "WALKEEPER_ENCRYPT_TO="+strings.TrimSpace(recipient))
-		encBackup := func(env []string, extra ...string) (string, string) {
-			args := append([]string{"backup", "--incremental", "--wal", "include", "--repo", encRepo, "--dsn", dsn}, extra...)
-			stdout, stderr, code := runWalkeeper(t, env, args...)
+	if tc.encrypted {
+		t.Run("encrypted_public_key_only", func(t *testing.T) {
+			// A second, encrypted repository beside the first. With only the
+			// public key the parent's manifest cannot be read for the server:
+			// a full backup with the reason; with the identity, an
+			// incremental one, which restores.
+			encRepo := repo + "-enc"
+			idFile := filepath.Join(harness.MakeDir(t, name+"-keys"), "id.key")
+			recipient, stderr, code := runWalkeeper(t, nil, "keygen", "--output", idFile)
 			if code != 0 {
-				t.Fatalf("backup %v into the encrypted repository: exit %d:\n%s", extra, code, stderr)
+				t.Fatalf("keygen: exit %d: %s", code, stderr)
 			}
-			return strings.TrimSpace(stdout), stderr
-		}
-		e1, _ := encBackup(wenv)
-		e2, stderr := encBackup(wenv)
-		want := "taking a full backup instead of an incremental one: the repository is encrypted and this host has only the public key"
-		if !strings.Contains(stderr, want) || !strings.Contains(stderr, "--identity-file") {
-			t.Errorf("backup --incremental with the public key only: want the line %q naming --identity-file:\n%s", want, stderr)
-		}
-		c.Exec(t, "INSERT INTO new_t SELECT g FROM generate_series(5001, 6000) g")
-		e3, _ := encBackup(env, "--identity-file", idFile)
-		pe := point(e3)
-		kinds := map[string]string{}
-		for _, row := range listBackups(t, env, encRepo) {
-			kind, _ := row["kind"].(string)
-			parent, _ := row["parent"].(string)
-			kinds[row["id"].(string)] = kind + ":" + parent
-		}
-		if kinds[e1] != "full:" || kinds[e2] != "full:" || kinds[e3] != "incremental:"+e2 {
-			t.Errorf("encrypted repository: %s %q, %s %q, %s %q; want full, full, incremental on %s", e1, kinds[e1], e2, kinds[e2], e3, kinds[e3], e2)
-		}
-		giveToPostgres(t, encRepo)
-		r := c.RestoreTarget(t, name+"-enc")
-		if _, stderr, code := runWalkeeper(t, env, "restore", "--repo", encRepo, "--identity-file", idFile, "--target-dir", r.DataDir(),
-			"--backup", e3, "--target-action", "promote"); code != 0 {
-			t.Fatalf("restore of the encrypted incremental %s: exit %d: %s", e3, code, stderr)
-		}
-		checkFullManifest(t, r.DataDir())
-		r.SetEnv(append(srvEnvOnly(env), raceEnv))
-		r.StartRestored(t)
-		waitPromoted(t, r)
-		if got := tableSums(t, r, incrTables...); got != pe.sums {
-			t.Errorf("restored encrypted %s differs from the primary:\nprimary  %s\nrestored %s", e3, pe.sums, got)
-		}
-	})
+			chownPostgres(t, idFile) // the restored server's restore_command reads it
+			wenv := append(append([]string{}, env...), "WALKEEPER_ENCRYPT_TO="+strings.TrimSpace(recipient))
+			encBackup := func(env []string, extra ...string) (string, string) {
+				args := append([]string{"backup", "--incremental", "--wal", "include", "--repo", encRepo, "--dsn", dsn}, extra...)
+				stdout, stderr, code := runWalkeeper(t, env, args...)
+				if code != 0 {
+					t.Fatalf("backup %v into the encrypted repository: exit %d:\n%s", extra, code, stderr)
+				}
+				return strings.TrimSpace(stdout), stderr
+			}
+			e1, _ := encBackup(wenv)
+			e2, stderr := encBackup(wenv)
+			want := "taking a full backup instead of an incremental one: the repository is encrypted and this host has only the public key"
+			if !strings.Contains(stderr, want) || !strings.Contains(stderr, "--identity-file") {
+				t.Errorf("backup --incremental with the public key only: want the line %q naming --identity-file:\n%s", want, stderr)
+			}
+			c.Exec(t, "INSERT INTO new_t SELECT g FROM generate_series(5001, 6000) g")
+			e3, _ := encBackup(env, "--identity-file", idFile)
+			pe := point(e3)
+			kinds := map[string]string{}
+			for _, row := range listBackups(t, env, encRepo) {
+				kind, _ := row["kind"].(string)
+				parent, _ := row["parent"].(string)
+				kinds[row["id"].(string)] = kind + ":" + parent
+			}
+			if kinds[e1] != "full:" || kinds[e2] != "full:" || kinds[e3] != "incremental:"+e2 {
+				t.Errorf("encrypted repository: %s %q, %s %q, %s %q; want full, full, incremental on %s", e1, kinds[e1], e2, kinds[e2], e3, kinds[e3], e2)
+			}
+			giveToPostgres(t, encRepo)
+			r := c.RestoreTarget(t, name+"-enc")
+			if _, stderr, code := runWalkeeper(t, env, "restore", "--repo", encRepo, "--identity-file", idFile, "--target-dir", r.DataDir(),
+				"--backup", e3, "--target-action", "promote"); code != 0 {
+				t.Fatalf("restore of the encrypted incremental %s: exit %d: %s", e3, code, stderr)
+			}
+			checkFullManifest(t, r.DataDir())
+			r.SetEnv(append(srvEnvOnly(env), raceEnv))
+			r.StartRestored(t)
+			waitPromoted(t, r)
+			if got := tableSums(t, r, incrTables...); got != pe.sums {
+				t.Errorf("restored encrypted %s differs from the primary:\nprimary  %s\nrestored %s", e3, pe.sums, got)
+			}
+		})
+	}
 
 	var f2 string // the full backup --max-chain took
 	t.Run("max_chain_and_retention", func(t *testing.T) {
