@@ -83,6 +83,7 @@ func BenchmarkIncremental(b *testing.B) {
 	restore := func(label, id string) time.Duration {
 		parent := harness.MakeDir(b, "bench-incr-restore")
 		defer os.RemoveAll(parent)
+		giveToPostgres(b, repoDir) // the restored server's restore_command reads it
 		syncAll()
 		cmd := exec.Command(bin, "restore", "--repo", repoDir, "--target-dir", filepath.Join(parent, "data"), "--backup", id, "--log-level", "warn")
 		began := time.Now()
