@@ -113,7 +113,10 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 		return strings.TrimSpace(stdout), stderr
 	}
 	c.Exec(t, "CREATE TABLE new_t (i int)") // so tableSums can read it before it has rows
-	full, _ := backup("--incremental")      // no parent yet: a full backup
+	full, stderr := backup("--incremental") // no parent yet: a full backup
+	if !strings.Contains(stderr, "taking a full backup instead of an incremental one: no complete backup of this cluster") {
+		t.Errorf("backup --incremental into an empty repository: want the line saying why it is full:\n%s", stderr)
+	}
 	p0 := point(full)
 
 	// Changes between the full backup and the first incremental.
