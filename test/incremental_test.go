@@ -439,24 +439,12 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 		// Through the backend, so the same bytes are changed on S3.
 		ctx := context.Background()
 		be := rp.Backend()
-		get := func(key string) []byte {
-			rc, err := be.Get(ctx, key, 0, -1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rc.Close()
-			b, err := io.ReadAll(rc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
 		put := func(key string, b []byte) {
 			if err := be.Put(ctx, key, bytes.NewReader(b)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		orig := get(chunk)
+		orig := rawObject(t, rp, chunk)
 		bad := append([]byte{}, orig...)
 		bad[len(bad)/2] ^= 0x40
 		put(chunk, bad)
@@ -473,7 +461,7 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 
 		// A missing middle member: backup.json gone.
 		metaKey := storage.BackupMetaKey(i1)
-		meta := get(metaKey)
+		meta := rawObject(t, rp, metaKey)
 		if err := be.Delete(ctx, metaKey); err != nil {
 			t.Fatal(err)
 		}
