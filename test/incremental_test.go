@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -29,26 +30,37 @@ import (
 // incrTables are the tables compared between the primary and a restore.
 var incrTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "trunc_me", "new_t", "shrink"}
 
-// TestIncrementalChain (issue 14) on PostgreSQL 17 and 18, each its own
-// server and repository, in parallel: a full backup, changes (pgbench, a
-// dropped, a truncated and a new table, a new database, a table VACUUM
-// shrinks), an incremental, more changes, a second incremental. Each
-// chain is restored to the end of its newest member and the second to a
-// time after it; every restored server starts and has the primary's data of
-// that moment (row counts and md5 of all rows), the dropped table stays
-// dropped, and the restored backup_manifest is a full one (every file in it
-// with its size and CRC-32C, no INCREMENTAL file, a valid
-// Manifest-Checksum). Then --max-chain falls back to a full backup,
-// retention keeps chains whole, summarize_wal = off is refused, and a chain
-// whose middle member is damaged or missing is refused by restore and
-// reported by verify.
+// TestIncrementalChain (issue 14) on PostgreSQL 17 with a local repository
+// and 18 with an S3 one, each its own server, in parallel: a full backup,
+// changes (pgbench, a dropped, a truncated and a new table, a new
+// database, a table VACUUM shrinks), an incremental, more changes, a
+// second incremental. Each chain is restored to the end of its newest
+// member and the second to a time after it; every restored server starts
+// and has the primary's data of that moment (row counts and md5 of all
+// rows), the dropped table stays dropped, and the restored backup_manifest
+// is a full one (every file in it with its size and CRC-32C, no
+// INCREMENTAL file, a valid Manifest-Checksum). On 18 (S3) the chain
+// restored --as-replica replays from the repository, streams from the
+// primary and follows it; on 17 an encrypted repository written with the
+// public key only falls back to a full backup (with the identity: an
+// incremental whose chain verifies). Then --max-chain falls back to a full
+// backup, retention keeps chains whole, summarize_wal = off is refused, WAL
+// summaries the server removed give a full backup, and a chain whose
+// middle member is damaged or missing is refused by restore and reported
+// by verify. On 16, --incremental is refused.
 func TestIncrementalChain(t *testing.T) {
 	t.Parallel()
-	for _, major := range []int{17, 18} {
-		t.Run(fmt.Sprintf("pg%d", major), func(t *testing.T) {
+	// One version per repository kind keeps both covered at the cost of
+	// two chains, not four; the replica and the encrypted repository are
+	// each tried on one of them.
+	for _, tc := range []incrCase{
+		{major: 17, encrypted: true, target: func(t *testing.T) repoTarget { return localRepoTarget(t, "incr17-repo") }},
+		{major: 18, replica: true, target: func(t *testing.T) repoTarget { return s3Target(harness.StartS3(t)) }},
+	} {
+		t.Run(fmt.Sprintf("pg%d", tc.major), func(t *testing.T) {
 			t.Parallel()
-			harness.RequireServer(t, major)
-			incrementalChain(t, major)
+			harness.RequireServer(t, tc.major)
+			incrementalChain(t, tc, tc.target(t))
 		})
 	}
 	t.Run("pg16", func(t *testing.T) {
@@ -63,16 +75,27 @@ func TestIncrementalChain(t *testing.T) {
 	})
 }
 
+// incrCase is one server version of TestIncrementalChain.
+type incrCase struct {
+	major int
+	// target makes the repository.
+	target func(t *testing.T) repoTarget
+	// replica: also restore the chain --as-replica; encrypted: also the
+	// fallbacks of an encrypted repository.
+	replica, encrypted bool
+}
+
 type incrPoint struct {
 	id, stopLSN, sums, newdb string
 }
 
-func incrementalChain(t *testing.T, major int) {
+func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
+	major := tc.major
 	name := fmt.Sprintf("incr%d", major)
-	repo := filepath.Join(harness.MakeDir(t, name+"-repo"), "repo")
+	repo, env := target.url, target.env
 	c := harness.StartCluster(t, harness.ClusterOptions{Name: name, Major: major, ExtraConf: map[string]string{"summarize_wal": "on"}})
 	dsn := c.DSN(harness.ReplicationUser)
-	wk := startWalkeeper(t, nil, "stream", "--repo", repo, "--dsn", dsn, "--slot", "wk")
+	wk := startWalkeeper(t, env, "stream", "--repo", repo, "--dsn", dsn, "--slot", "wk")
 	c.Pgbench(t, "-i", "-s", "1", "-q")
 	c.Exec(t, "CREATE TABLE drop_me AS SELECT g AS i, md5(g::text) AS s FROM generate_series(1, 5000) g")
 	c.Exec(t, "CREATE TABLE trunc_me AS SELECT g AS i, md5(g::text) AS s FROM generate_series(1, 5000) g")
@@ -83,14 +106,17 @@ func incrementalChain(t *testing.T, major int) {
 	}
 	backup := func(extra ...string) (string, string) {
 		args := append([]string{"backup", "--repo", repo, "--dsn", dsn}, extra...)
-		stdout, stderr, code := runWalkeeper(t, nil, args...)
+		stdout, stderr, code := runWalkeeper(t, env, args...)
 		if code != 0 {
 			t.Fatalf("backup %v: exit %d:\n%s", extra, code, stderr)
 		}
 		return strings.TrimSpace(stdout), stderr
 	}
 	c.Exec(t, "CREATE TABLE new_t (i int)") // so tableSums can read it before it has rows
-	full, _ := backup("--incremental")      // no parent yet: a full backup
+	full, stderr := backup("--incremental") // no parent yet: a full backup
+	if !strings.Contains(stderr, "taking a full backup instead of an incremental one: no complete backup of this cluster") {
+		t.Errorf("backup --incremental into an empty repository: want the line saying why it is full:\n%s", stderr)
+	}
 	p0 := point(full)
 
 	// Changes between the full backup and the first incremental.
@@ -114,7 +140,7 @@ func incrementalChain(t *testing.T, major int) {
 	p2 := point(i2)
 
 	metas := map[string]*basebackup.Meta{}
-	for _, row := range listBackups(t, nil, repo) {
+	for _, row := range listBackups(t, env, repo) {
 		id := row["id"].(string)
 		kind, _ := row["kind"].(string)
 		parent, _ := row["parent"].(string)
@@ -126,16 +152,16 @@ func incrementalChain(t *testing.T, major int) {
 		}
 	}
 	p1.stopLSN, p2.stopLSN = metas[i1].StopLSN, metas[i2].StopLSN
-	local := openLocal(t, repo)
+	rp := target.open(t)
 	var m2 basebackup.Meta
-	if err := local.ReadJSON(context.Background(), storage.BackupMetaKey(i2), &m2); err != nil {
+	if err := rp.ReadJSON(context.Background(), storage.BackupMetaKey(i2), &m2); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(m2.Chain, ",") != full+","+i1 {
 		t.Errorf("backup.json chain of %s: %v, want [%s %s]", i2, m2.Chain, full, i1)
 	}
 	var m0 basebackup.Meta
-	local.ReadJSON(context.Background(), storage.BackupMetaKey(full), &m0)
+	rp.ReadJSON(context.Background(), storage.BackupMetaKey(full), &m0)
 	if m2.StoredSize*3 > m0.StoredSize {
 		t.Errorf("the incremental %s stored %d bytes, not much less than the full backup's %d", i2, m2.StoredSize, m0.StoredSize)
 	}
@@ -152,7 +178,7 @@ func incrementalChain(t *testing.T, major int) {
 	end := lsnOf(t, c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text"))
 	c.Exec(t, "SELECT pg_switch_wal()")
 	waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
-		e, _ := repoEnd(context.Background(), local)
+		e, _ := repoEnd(context.Background(), rp)
 		return e >= end
 	})
 	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
@@ -160,13 +186,16 @@ func incrementalChain(t *testing.T, major int) {
 	}
 	giveToPostgres(t, repo)
 
-	restoreCompare := func(t *testing.T, label, id string, target []string, want incrPoint, afterRows string) {
+	// restoreCompare restores backup id (to extra's target) and compares
+	// the started server with want.
+	restoreCompare := func(t *testing.T, label, id string, extra []string, want incrPoint, afterRows string) {
 		r := c.RestoreTarget(t, name+"-"+label)
-		args := append([]string{"restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", id, "--target-action", "promote"}, target...)
-		if _, stderr, code := runWalkeeper(t, nil, args...); code != 0 {
+		args := append([]string{"restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", id, "--target-action", "promote"}, extra...)
+		if _, stderr, code := runWalkeeper(t, env, args...); code != 0 {
 			t.Fatalf("restore %s: exit %d: %s", id, code, stderr)
 		}
 		checkFullManifest(t, r.DataDir())
+		r.SetEnv(append(srvEnvOnly(env), raceEnv))
 		r.StartRestored(t)
 		waitPromoted(t, r)
 		if got := tableSums(t, r, incrTables...); got != want.sums {
@@ -194,20 +223,111 @@ func incrementalChain(t *testing.T, major int) {
 		restoreCompare(t, "pitr", i2, []string{"--target-time", at}, pAt, "10")
 	})
 	_ = p0
+	if tc.replica {
+		t.Run("restore_as_replica", func(t *testing.T) {
+			// The chain of i2 as a replica of the primary: it replays from the
+			// repository to its end, then streams on its own slot, and follows
+			// what the primary writes after that.
+			passfile := filepath.Join(harness.MakeDir(t, name+"-pgpass"), "pgpass")
+			os.WriteFile(passfile, []byte("127.0.0.1:"+strconv.Itoa(c.Port())+":*:walkeeper:"+c.Password()+"\n"), 0o600)
+			chownPostgres(t, passfile)
+			rdsn := "host=127.0.0.1 port=" + strconv.Itoa(c.Port()) + " user=walkeeper dbname=postgres sslmode=disable passfile=" + passfile
+			r := c.RestoreTarget(t, name+"-replica")
+			if _, stderr, code := runWalkeeper(t, env, "restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", i2,
+				"--as-replica", "--dsn", rdsn, "--slot", "incr_replica", "--port", strconv.Itoa(r.Port())); code != 0 {
+				t.Fatalf("restore --as-replica of %s: exit %d: %s", i2, code, stderr)
+			}
+			checkFullManifest(t, r.DataDir())
+			r.SetEnv(append(srvEnvOnly(env), raceEnv))
+			r.StartRestored(t)
+			waitFor(t, 2*time.Minute, "the replica to stream from the primary", func() bool {
+				return c.QueryString(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'incr_replica' AND state = 'streaming'") == "1"
+			})
+			c.Exec(t, "INSERT INTO after SELECT generate_series(21, 30)")
+			newDBExec(t, c, "UPDATE t SET s = 'streamed' WHERE i > 1900")
+			want := c.QueryString(t, "SELECT pg_current_wal_lsn()::text")
+			waitFor(t, time.Minute, "the replica to replay up to "+want, func() bool {
+				return r.QueryString(t, "SELECT pg_last_wal_replay_lsn() >= '"+want+"'::pg_lsn") == "t"
+			})
+			tables := append(append([]string{}, incrTables...), "after")
+			if p, got := tableSums(t, c, tables...), tableSums(t, r, tables...); got != p {
+				t.Errorf("replica differs from the primary:\nprimary %s\nreplica %s", p, got)
+			}
+			if p, got := newDBSums(t, c), newDBSums(t, r); got != p {
+				t.Errorf("replica: database newdb %q, primary has %q", got, p)
+			}
+			if !strings.Contains(readLog(t, r), "restored log file") {
+				t.Error("the replica did not fetch WAL from the repository before streaming")
+			}
+			if r.QueryString(t, "SELECT pg_is_in_recovery()") != "t" {
+				t.Error("the replica is not in recovery")
+			}
+			r.Stop(t)
+			c.Exec(t, "SELECT pg_drop_replication_slot('incr_replica')")
+		})
+	}
 
 	t.Run("verify", func(t *testing.T) {
-		if _, stderr, code := runWalkeeper(t, nil, "verify", "--repo", repo); code != 0 {
+		if _, stderr, code := runWalkeeper(t, env, "verify", "--repo", repo); code != 0 {
 			t.Fatalf("verify: exit %d: %s", code, stderr)
 		}
 	})
 
+	if tc.encrypted {
+		t.Run("encrypted_public_key_only", func(t *testing.T) {
+			// A second, encrypted repository beside the first. With only the
+			// public key the parent's manifest cannot be read for the server:
+			// a full backup with the reason; with the identity, an
+			// incremental one whose chain verifies.
+			encRepo := repo + "-enc"
+			idFile := filepath.Join(harness.MakeDir(t, name+"-keys"), "id.key")
+			recipient, stderr, code := runWalkeeper(t, nil, "keygen", "--output", idFile)
+			if code != 0 {
+				t.Fatalf("keygen: exit %d: %s", code, stderr)
+			}
+			chownPostgres(t, idFile) // the restored server's restore_command reads it
+			wenv := append(append([]string{}, env...), "WALKEEPER_ENCRYPT_TO="+strings.TrimSpace(recipient))
+			encBackup := func(env []string, extra ...string) (string, string) {
+				args := append([]string{"backup", "--incremental", "--wal", "include", "--repo", encRepo, "--dsn", dsn}, extra...)
+				stdout, stderr, code := runWalkeeper(t, env, args...)
+				if code != 0 {
+					t.Fatalf("backup %v into the encrypted repository: exit %d:\n%s", extra, code, stderr)
+				}
+				return strings.TrimSpace(stdout), stderr
+			}
+			e1, _ := encBackup(wenv)
+			e2, stderr := encBackup(wenv)
+			want := "taking a full backup instead of an incremental one: the repository is encrypted and this host has only the public key"
+			if !strings.Contains(stderr, want) || !strings.Contains(stderr, "--identity-file") {
+				t.Errorf("backup --incremental with the public key only: want the line %q naming --identity-file:\n%s", want, stderr)
+			}
+			c.Exec(t, "INSERT INTO new_t SELECT g FROM generate_series(5001, 6000) g")
+			e3, _ := encBackup(env, "--identity-file", idFile)
+			kinds := map[string]string{}
+			for _, row := range listBackups(t, env, encRepo) {
+				kind, _ := row["kind"].(string)
+				parent, _ := row["parent"].(string)
+				kinds[row["id"].(string)] = kind + ":" + parent
+			}
+			if kinds[e1] != "full:" || kinds[e2] != "full:" || kinds[e3] != "incremental:"+e2 {
+				t.Errorf("encrypted repository: %s %q, %s %q, %s %q; want full, full, incremental on %s", e1, kinds[e1], e2, kinds[e2], e3, kinds[e3], e2)
+			}
+			// Its chain reads back whole with the identity.
+			if out, stderr, code := runWalkeeper(t, env, "verify", "--repo", encRepo, "--identity-file", idFile, "--backup", e3); code != 0 {
+				t.Errorf("verify --backup %s of the encrypted chain: exit %d:\n%s%s", e3, code, out, stderr)
+			}
+		})
+	}
+
+	var f2 string // the full backup --max-chain took
 	t.Run("max_chain_and_retention", func(t *testing.T) {
-		f2, stderr := backup("--incremental", "--max-chain", "2", "--wal", "include")
+		var stderr string
+		f2, stderr = backup("--incremental", "--max-chain", "2", "--wal", "include")
 		if !strings.Contains(stderr, "taking a full backup instead of an incremental one") || !strings.Contains(stderr, "--max-chain is 2") {
 			t.Errorf("--max-chain 2 after two incrementals: want one line saying why it is full:\n%s", stderr)
 		}
 		dry := func(retain int) map[string]any {
-			stdout, stderr, code := runWalkeeper(t, nil, "delete", "--repo", repo, "--retain", strconv.Itoa(retain), "--dry-run", "--json")
+			stdout, stderr, code := runWalkeeper(t, env, "delete", "--repo", repo, "--retain", strconv.Itoa(retain), "--dry-run", "--json")
 			if code != 0 {
 				t.Fatalf("delete --retain %d --dry-run: exit %d: %s", retain, code, stderr)
 			}
@@ -231,26 +351,82 @@ func incrementalChain(t *testing.T, major int) {
 		if got := strings.Join(deleted(dry(1)), ","); got != full+","+i1+","+i2 {
 			t.Errorf("delete --retain 1 would delete %s, want the whole chain %s,%s,%s", got, full, i1, i2)
 		}
-		_ = f2
 	})
 
 	t.Run("summarize_wal_off", func(t *testing.T) {
 		c.Exec(t, "ALTER SYSTEM SET summarize_wal = off")
 		c.Exec(t, "SELECT pg_reload_conf()")
 		waitFor(t, 30*time.Second, "summarize_wal off", func() bool { return c.QueryString(t, "SHOW summarize_wal") == "off" })
-		_, stderr, code := runWalkeeper(t, nil, "backup", "--incremental", "--wal", "include", "--repo", repo, "--dsn", dsn)
+		_, stderr, code := runWalkeeper(t, env, "backup", "--incremental", "--wal", "include", "--repo", repo, "--dsn", dsn)
 		if code != 1 || !strings.Contains(stderr, "summarize_wal is off") || !strings.Contains(stderr, "ALTER SYSTEM SET summarize_wal = on") {
 			t.Errorf("backup --incremental with summarize_wal off: exit %d, want 1 with the fix:\n%s", code, stderr)
 		}
-		results, _, _ := runDoctor(t, nil, "--dsn", dsn)
+		results, _, _ := runDoctor(t, env, "--dsn", dsn)
 		if r := results["summarize_wal"]; !strings.Contains(r.Detail, "summarize_wal = off") {
 			t.Errorf("doctor summarize_wal: %s %q", r.Status, r.Detail)
 		}
 	})
 
+	t.Run("summaries_gone", func(t *testing.T) {
+		// The server removes a WAL summary once its WAL is gone from
+		// pg_wal and the file is older than wal_summary_keep_time
+		// (checked once a checkpoint cycle). With the keep time at one
+		// minute, the summary files dated two hours back and no slot
+		// holding WAL, checkpoints make the server remove the ones that
+		// cover the start of f2, the newest backup.
+		if f2 == "" {
+			t.Fatal("no backup from max_chain_and_retention")
+		}
+		var parent basebackup.Meta
+		if err := rp.ReadJSON(context.Background(), storage.BackupMetaKey(f2), &parent); err != nil {
+			t.Fatal(err)
+		}
+		c.Exec(t, "ALTER SYSTEM SET summarize_wal = on")
+		c.Exec(t, "ALTER SYSTEM SET wal_summary_keep_time = '1min'")
+		c.Exec(t, "SELECT pg_reload_conf()")
+		waitFor(t, 30*time.Second, "summarize_wal on", func() bool { return c.QueryString(t, "SHOW summarize_wal") == "on" })
+		c.Exec(t, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
+		c.Exec(t, "CREATE TABLE churn (i int)")
+		dir := filepath.Join(c.DataDir(), "pg_wal", "summaries")
+		gone := fmt.Sprintf(`SELECT NOT EXISTS (SELECT 1 FROM pg_available_wal_summaries() WHERE tli = %[1]d AND start_lsn <= '%[2]s' AND end_lsn > '%[2]s')
+  AND EXISTS (SELECT 1 FROM pg_available_wal_summaries() WHERE tli = %[1]d AND start_lsn > '%[2]s')`, parent.Timeline, parent.StartLSN)
+		for i := 0; c.QueryString(t, gone) != "t"; i++ {
+			if i == 60 {
+				t.Fatalf("the server still has the WAL summary at %s after %d checkpoints: %s", parent.StartLSN, i,
+					c.QueryString(t, "SELECT string_agg(tli || ':' || start_lsn || '-' || end_lsn, ' ' ORDER BY start_lsn) FROM pg_available_wal_summaries()"))
+			}
+			entries, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := time.Now().Add(-2 * time.Hour)
+			for _, e := range entries {
+				os.Chtimes(filepath.Join(dir, e.Name()), old, old)
+			}
+			c.Exec(t, "INSERT INTO churn SELECT generate_series(1, 1000)")
+			c.Exec(t, "SELECT pg_switch_wal()")
+			c.Exec(t, "CHECKPOINT")
+			time.Sleep(300 * time.Millisecond)
+		}
+		id, stderr := backup("--incremental", "--wal", "include")
+		want := "taking a full backup instead of an incremental one: the server no longer has WAL summaries back to the start of " + f2
+		if !strings.Contains(stderr, want) {
+			t.Errorf("backup --incremental without the summaries since %s: want the line %q:\n%s", f2, want, stderr)
+		}
+		kind := "missing"
+		for _, row := range listBackups(t, env, repo) {
+			if row["id"] == id {
+				kind = fmt.Sprint(row["kind"])
+			}
+		}
+		if kind != basebackup.KindFull {
+			t.Errorf("backup %s after the summaries were gone: list says %s, want full", id, kind)
+		}
+	})
+
 	t.Run("damaged_middle", func(t *testing.T) {
 		var m1 basebackup.Meta
-		if err := local.ReadJSON(context.Background(), storage.BackupMetaKey(i1), &m1); err != nil {
+		if err := rp.ReadJSON(context.Background(), storage.BackupMetaKey(i1), &m1); err != nil {
 			t.Fatal(err)
 		}
 		var chunk string
@@ -260,38 +436,45 @@ func incrementalChain(t *testing.T, major int) {
 				break
 			}
 		}
-		file := filepath.Join(repo, filepath.FromSlash(chunk))
-		orig, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
+		// Through the backend, so the same bytes are changed on S3.
+		ctx := context.Background()
+		be := rp.Backend()
+		put := func(key string, b []byte) {
+			if err := be.Put(ctx, key, bytes.NewReader(b)); err != nil {
+				t.Fatal(err)
+			}
 		}
+		orig := rawObject(t, rp, chunk)
 		bad := append([]byte{}, orig...)
 		bad[len(bad)/2] ^= 0x40
-		os.WriteFile(file, bad, 0o600)
+		put(chunk, bad)
 		r := c.RestoreTarget(t, name+"-damaged")
-		_, stderr, code := runWalkeeper(t, nil, "restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", i2)
+		_, stderr, code := runWalkeeper(t, env, "restore", "--repo", repo, "--target-dir", r.DataDir(), "--backup", i2)
 		if code == 0 || !strings.Contains(stderr, chunk) {
 			t.Errorf("restore of %s with a damaged %s: exit %d, want a failure naming it:\n%s", i2, chunk, code, stderr)
 		}
-		stdout, _, code := runWalkeeper(t, nil, "verify", "--repo", repo, "--json")
+		stdout, _, code := runWalkeeper(t, env, "verify", "--repo", repo, "--json")
 		if code == 0 || !strings.Contains(stdout, "broken-chain") || !strings.Contains(stdout, chunk) {
 			t.Errorf("verify with a damaged %s: exit %d, want broken-chain and the object:\n%s", chunk, code, stdout)
 		}
-		os.WriteFile(file, orig, 0o600)
+		put(chunk, orig)
 
 		// A missing middle member: backup.json gone.
-		meta := filepath.Join(repo, filepath.FromSlash(storage.BackupMetaKey(i1)))
-		os.Rename(meta, meta+".away")
+		metaKey := storage.BackupMetaKey(i1)
+		meta := rawObject(t, rp, metaKey)
+		if err := be.Delete(ctx, metaKey); err != nil {
+			t.Fatal(err)
+		}
 		r2 := c.RestoreTarget(t, name+"-missing")
-		_, stderr, code = runWalkeeper(t, nil, "restore", "--repo", repo, "--target-dir", r2.DataDir(), "--backup", i2)
+		_, stderr, code = runWalkeeper(t, env, "restore", "--repo", repo, "--target-dir", r2.DataDir(), "--backup", i2)
 		if code == 0 || !strings.Contains(stderr, i1) {
 			t.Errorf("restore of %s without %s: exit %d, want a refusal naming it:\n%s", i2, i1, code, stderr)
 		}
-		stdout, _, code = runWalkeeper(t, nil, "verify", "--repo", repo, "--json")
+		stdout, _, code = runWalkeeper(t, env, "verify", "--repo", repo, "--json")
 		if code == 0 || !strings.Contains(stdout, "broken-chain") || !strings.Contains(stdout, i1) {
 			t.Errorf("verify without %s: exit %d, want broken-chain naming it:\n%s", i1, code, stdout)
 		}
-		os.Rename(meta+".away", meta)
+		put(metaKey, meta)
 	})
 }
 
