@@ -59,6 +59,10 @@ var benchRatios = []struct {
 	{"backup wall-s", "walkeeper-lz4", "pg_basebackup-client-lz4", 0.8, false},
 	{"restore wall-s", "walkeeper-zstd", "pgbackrest-process-max-2", 0.8, false},
 	{"restore wall-s", "walkeeper-parallel-1", "walkeeper-parallel-2", 1.6, true},
+	{"resync wall-s", "restore-delta-5%-newest", "full-restore-5%-newest", 0, false},
+	{"resync written-MB", "restore-delta-5%-newest", "full-restore-5%-newest", 0, false},
+	{"resync wall-s", "restore-delta-5%-spread", "full-restore-5%-spread", 0, false},
+	{"resync written-MB", "restore-delta-5%-spread", "full-restore-5%-spread", 0, false},
 }
 
 // printBenchTable writes the table, then the ratios, for both the current
