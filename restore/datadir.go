@@ -370,9 +370,18 @@ func (d *dataDir) writeFileNow(p string, data []byte) error {
 	return d.fs.SyncDir(filepath.Dir(p))
 }
 
-// prepareRoot makes root an empty directory (mode 0700, owned), emptying
-// it first when force is set.
-func (d *dataDir) prepareRoot(root string, force bool) error {
+// What prepareRoot does with a root that holds entries.
+type nonEmpty int
+
+const (
+	refuseNonEmpty nonEmpty = iota // a new directory: refuse
+	emptyNonEmpty                  // --force: remove them
+	keepNonEmpty                   // --delta: the directory to resync
+)
+
+// prepareRoot makes root a directory (mode 0700, owned), creating it when
+// missing; what it already holds is refused, removed or kept.
+func (d *dataDir) prepareRoot(root string, what nonEmpty) error {
 	entries, err := os.ReadDir(root)
 	switch {
 	case os.IsNotExist(err):
@@ -381,36 +390,15 @@ func (d *dataDir) prepareRoot(root string, force bool) error {
 		}
 	case err != nil:
 		return fmt.Errorf("target %s: %w", root, err)
-	case len(entries) > 0 && !force:
-		return fmt.Errorf("%s is not empty: restore into an empty directory, or pass --force to replace its contents", root)
-	case len(entries) > 0:
+	case len(entries) == 0 || what == keepNonEmpty:
+	case what == refuseNonEmpty:
+		return fmt.Errorf("%s is not empty: restore into an empty directory, pass --delta to resync it (a data directory of the same cluster), or --force to replace its contents", root)
+	default:
 		for _, e := range entries {
 			if err := d.removeAll(filepath.Join(root, e.Name())); err != nil {
 				return fmt.Errorf("--force: empty %s: %w", root, err)
 			}
 		}
-	}
-	if err := d.fs.Chmod(root, 0o700); err != nil {
-		return err
-	}
-	d.changed(root)
-	return d.chown(root)
-}
-
-// prepareDeltaRoot is prepareRoot for a delta restore: root may hold a
-// data directory (or tablespace) to bring up to date; it is created when
-// missing, and never emptied.
-func (d *dataDir) prepareDeltaRoot(root string) error {
-	st, err := os.Lstat(root)
-	switch {
-	case os.IsNotExist(err):
-		if err := d.mkdirAll(root); err != nil {
-			return err
-		}
-	case err != nil:
-		return fmt.Errorf("target %s: %w", root, err)
-	case !st.IsDir():
-		return fmt.Errorf("%s is not a directory", root)
 	}
 	if err := d.fs.Chmod(root, 0o700); err != nil {
 		return err

@@ -158,12 +158,15 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			return nil, err
 		}
 	}
+	what := refuseNonEmpty
+	switch {
+	case opts.Delta:
+		what = keepNonEmpty
+	case opts.Force:
+		what = emptyNonEmpty
+	}
 	for _, root := range roots {
-		prepare := func() error { return dd.prepareRoot(root, opts.Force) }
-		if opts.Delta {
-			prepare = func() error { return dd.prepareDeltaRoot(root) }
-		}
-		if err := prepare(); err != nil {
+		if err := dd.prepareRoot(root, what); err != nil {
 			return nil, err
 		}
 	}
