@@ -95,7 +95,7 @@ func printBenchTable(w io.Writer) {
 			return fmt.Sprintf("%.2f", n/d)
 		}
 		before := "-"
-		if r.num != "walkeeper-parallel-1" {
+		if r.num != "walkeeper-parallel-1" && beforeName(r.num) != r.num {
 			before = cell(beforeName(r.num))
 		}
 		goal := "-"

@@ -23,7 +23,7 @@ import (
 )
 
 var (
-	targetDirFlag = &cli.StringFlag{Name: "target-dir", Usage: "data `DIR` to create (missing or empty)"}
+	targetDirFlag = &cli.StringFlag{Name: "target-dir", Usage: "data `DIR` to create (missing or empty), or with --delta to resync"}
 	backupIDFlag  = &cli.StringFlag{Name: "backup", Value: "latest", Usage: "backup `ID` to restore, or latest (the newest complete backup; with --target-time or --target-lsn the newest that ends before the target)"}
 	forceFlag     = &cli.BoolFlag{Name: "force", Usage: "empty a non-empty target directory (and tablespace locations) first"}
 	deltaFlag     = &cli.BoolFlag{Name: "delta", Usage: "resync an existing data directory of the same cluster (a fallen replica, the old primary): keep the files whose size and CRC-32C match the backup's manifest, write the rest, remove what the backup does not have (not with --force)"}
