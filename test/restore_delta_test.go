@@ -51,10 +51,11 @@ func parseDelta(t *testing.T, stderr string) deltaFigures {
 
 // fullRestoreBytes restores backup id into a scratch directory (no server
 // is started from it) and returns the bytes that restore wrote.
-func fullRestoreBytes(t *testing.T, target repoTarget, origin *harness.Cluster, id string) int64 {
+func fullRestoreBytes(t *testing.T, target repoTarget, origin *harness.Cluster, id string, extra ...string) int64 {
 	t.Helper()
 	scratch := origin.RestoreTarget(t, origin.Name()+"-full")
-	_, stderr, code := runWalkeeper(t, target.env, "restore", "--repo", target.url, "--backup", id, "--target-dir", scratch.DataDir(), "--no-sync")
+	args := append([]string{"restore", "--repo", target.url, "--backup", id, "--target-dir", scratch.DataDir(), "--no-sync"}, extra...)
+	_, stderr, code := runWalkeeper(t, target.env, args...)
 	if code != 0 {
 		t.Fatalf("full restore: exit %d: %s", code, stderr)
 	}
@@ -102,8 +103,9 @@ func checkDelta(t *testing.T, what string, d deltaFigures, full int64) {
 // repository is stopped while its primary writes and checkpoints until
 // the replica's slot is invalidated (max_slot_wal_keep_size): it can never
 // stream again. restore --delta --as-replica from the newest backup
-// resyncs it in place (a running replica is refused first); it starts,
-// streams on its slot (recreated) and has the primary's data.
+// resyncs it in place, its tablespace (relocated) included (a running
+// replica is refused first); it starts, streams on its slot (recreated)
+// and has the primary's data.
 func TestRestoreDeltaReplicaSlotInvalidated(t *testing.T) {
 	t.Parallel()
 	for _, target := range repoTargets(t) {
@@ -113,7 +115,9 @@ func TestRestoreDeltaReplicaSlotInvalidated(t *testing.T) {
 				"max_slot_wal_keep_size": "32MB", "max_wal_size": "64MB", "min_wal_size": "32MB",
 			}})
 			p.Pgbench(t, "-i", "-s", "1", "-q")
-			p.Exec(t, "CREATE TABLE churn (n int)")
+			tsDir := harness.MakeDir(t, "dsi-ts")
+			p.Exec(t, "CREATE TABLESPACE ts1 LOCATION '"+tsDir+"'")
+			p.Exec(t, "CREATE TABLE churn (n int) TABLESPACE ts1")
 			p.Exec(t, "INSERT INTO churn SELECT g FROM generate_series(1, 1000) g")
 			p.Exec(t, "CREATE TABLE filler (b text)")
 			wk := startWalkeeperAsPostgres(t, target.env, "stream", "--repo", target.url, "--dsn", p.DSN(harness.ReplicationUser), "--slot", "wk")
@@ -125,8 +129,10 @@ func TestRestoreDeltaReplicaSlotInvalidated(t *testing.T) {
 			dsn := replicaPassDSN(t, p)
 
 			r := p.RestoreTarget(t, "dsi-"+target.name+"-replica")
+			// The replica's tablespace is elsewhere on this machine.
+			replicaTS := filepath.Join(harness.MakeDir(t, "dsi-replica-ts"), "ts")
 			replica := []string{"restore", "--repo", target.url, "--target-dir", r.DataDir(), "--as-replica", "--dsn", dsn,
-				"--slot", "r1", "--port", strconv.Itoa(r.Port())}
+				"--slot", "r1", "--port", strconv.Itoa(r.Port()), "--tablespace-map", tsDir + "=" + replicaTS}
 			if _, stderr, code := runWalkeeper(t, target.env, append(replica, "--backup", first)...); code != 0 {
 				t.Fatalf("restore --as-replica: exit %d: %s", code, stderr)
 			}
@@ -162,7 +168,7 @@ func TestRestoreDeltaReplicaSlotInvalidated(t *testing.T) {
 			}
 			newest := runBackup(t, target.env, target.url, p.DSN(harness.ReplicationUser))
 			giveToPostgres(t, target.url)
-			full := fullRestoreBytes(t, target, p, newest)
+			full := fullRestoreBytes(t, target, p, newest, "--tablespace-map", tsDir+"="+filepath.Join(harness.MakeDir(t, "dsi-full-ts"), "ts"))
 
 			stdout, stderr, code := runWalkeeper(t, target.env, append(replica, "--delta")...)
 			if code != 0 {
@@ -177,6 +183,9 @@ func TestRestoreDeltaReplicaSlotInvalidated(t *testing.T) {
 			}
 			r.StartRestored(t)
 			waitStreamingEqual(t, p, r, "r1")
+			if got := r.QueryString(t, "SELECT spcname FROM pg_tablespace t JOIN pg_class c ON c.reltablespace = t.oid WHERE c.relname = 'churn'"); got != "ts1" {
+				t.Errorf("churn is in tablespace %q on the resynced replica, want ts1", got)
+			}
 			wk.stop(t, syscall.SIGTERM)
 		})
 	}
