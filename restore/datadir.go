@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -29,6 +30,17 @@ type fileSystem interface {
 	RemoveAll(name string) error
 	// SyncDir fsyncs a directory: its entries survive a crash.
 	SyncDir(name string) error
+	// OpenRead opens an existing regular file for reading (and fsync),
+	// never through a symbolic link: a file a delta restore keeps.
+	OpenRead(name string) (inFile, error)
+}
+
+// inFile is an existing file a delta restore reads to compare, and
+// fsyncs when it keeps it.
+type inFile interface {
+	io.Reader
+	Sync() error
+	Close() error
 }
 
 // outFile is a file being written.
@@ -49,6 +61,9 @@ func (osFS) Create(name string) (outFile, error) {
 }
 func (osFS) OpenWrite(name string) (outFile, error) {
 	return os.OpenFile(name, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+}
+func (osFS) OpenRead(name string) (inFile, error) {
+	return os.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 }
 func (osFS) Symlink(oldname, newname string) error     { return os.Symlink(oldname, newname) }
 func (osFS) Link(oldname, newname string) error        { return os.Link(oldname, newname) }
@@ -95,6 +110,28 @@ type dataDir struct {
 	mu    sync.Mutex
 	err   error           // the first failed file sync
 	dirty map[string]bool // directories whose entries changed
+
+	// wroteFiles counts the files created, wroteBytes every byte written
+	// into files: what a restore cost the disk (Result.Wrote).
+	wroteFiles, wroteBytes atomic.Int64
+}
+
+// countedFile adds the bytes written through it to the writer's count.
+type countedFile struct {
+	outFile
+	n *atomic.Int64
+}
+
+func (f countedFile) Write(p []byte) (int, error) {
+	n, err := f.outFile.Write(p)
+	f.n.Add(int64(n))
+	return n, err
+}
+
+func (f countedFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.outFile.WriteAt(p, off)
+	f.n.Add(int64(n))
+	return n, err
 }
 
 type pendingSync struct {
@@ -198,7 +235,8 @@ func (d *dataDir) create(p string) (outFile, error) {
 		return nil, fmt.Errorf("create %s: %w", p, err)
 	}
 	d.changed(filepath.Dir(p))
-	return f, nil
+	d.wroteFiles.Add(1)
+	return countedFile{f, &d.wroteBytes}, nil
 }
 
 // openWrite opens a file written before for more writes; commit finishes
@@ -211,7 +249,7 @@ func (d *dataDir) openWrite(p string) (outFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", p, err)
 	}
-	return f, nil
+	return countedFile{f, &d.wroteBytes}, nil
 }
 
 // commit gives a fully written file to its owner and hands it to the
@@ -283,9 +321,67 @@ func (d *dataDir) removeAll(p string) error {
 	return nil
 }
 
-// prepareRoot makes root an empty directory (mode 0700, owned), emptying
-// it first when force is set.
-func (d *dataDir) prepareRoot(root string, force bool) error {
+// removeNow removes p and makes the removal durable at once (fsync of its
+// directory), before anything else changes: how a delta restore takes
+// pg_control away first.
+func (d *dataDir) removeNow(p string) error {
+	if err := d.fs.RemoveAll(p); err != nil {
+		return err
+	}
+	if d.noSync {
+		return nil
+	}
+	if err := d.fs.SyncDir(filepath.Dir(p)); err != nil {
+		return fmt.Errorf("fsync directory %s: %w", filepath.Dir(p), err)
+	}
+	return nil
+}
+
+// writeFileNow writes p with data and makes it durable at once (the file,
+// then its directory), outside the syncer pool: the marker a delta
+// restore leaves while it runs.
+func (d *dataDir) writeFileNow(p string, data []byte) error {
+	f, err := d.fs.Create(p)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if d.owner != nil {
+		if err := f.Chown(d.owner.uid, d.owner.gid); err != nil {
+			f.Close()
+			return fmt.Errorf("chown %s: %w", p, err)
+		}
+	}
+	if !d.noSync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("fsync %s: %w", p, err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if d.noSync {
+		return nil
+	}
+	return d.fs.SyncDir(filepath.Dir(p))
+}
+
+// What prepareRoot does with a root that holds entries.
+type nonEmpty int
+
+const (
+	refuseNonEmpty nonEmpty = iota // a new directory: refuse
+	emptyNonEmpty                  // --force: remove them
+	keepNonEmpty                   // --delta: the directory to resync
+)
+
+// prepareRoot makes root a directory (mode 0700, owned), creating it when
+// missing; what it already holds is refused, removed or kept.
+func (d *dataDir) prepareRoot(root string, what nonEmpty) error {
 	entries, err := os.ReadDir(root)
 	switch {
 	case os.IsNotExist(err):
@@ -294,9 +390,10 @@ func (d *dataDir) prepareRoot(root string, force bool) error {
 		}
 	case err != nil:
 		return fmt.Errorf("target %s: %w", root, err)
-	case len(entries) > 0 && !force:
-		return fmt.Errorf("%s is not empty: restore into an empty directory, or pass --force to replace its contents", root)
-	case len(entries) > 0:
+	case len(entries) == 0 || what == keepNonEmpty:
+	case what == refuseNonEmpty:
+		return fmt.Errorf("%s is not empty: restore into an empty directory, pass --delta to resync it (a data directory of the same cluster), or --force to replace its contents", root)
+	default:
 		for _, e := range entries {
 			if err := d.removeAll(filepath.Join(root, e.Name())); err != nil {
 				return fmt.Errorf("--force: empty %s: %w", root, err)

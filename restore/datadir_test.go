@@ -367,3 +367,23 @@ func TestRestoreNoSyncSkipsFsync(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func (r *recordingFS) OpenRead(name string) (inFile, error) {
+	f, err := r.osFS.OpenRead(name)
+	if err != nil {
+		return nil, err
+	}
+	return &recordingIn{f, r, name}, nil
+}
+
+// recordingIn is a file a delta restore reads; its fsync is recorded.
+type recordingIn struct {
+	inFile
+	fs   *recordingFS
+	path string
+}
+
+func (f *recordingIn) Sync() error {
+	f.fs.log("sync", f.path)
+	return f.inFile.Sync()
+}

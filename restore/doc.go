@@ -13,7 +13,8 @@
 //  2. Check that the restored server's OS user can run restore_command (the
 //     binary, a local repository: access.go), and the target directory (and
 //     every tablespace location): missing or empty, unless --force, which
-//     empties it first. Nothing is written before these checks pass.
+//     empties it first, or --delta (below). Nothing is written before these
+//     checks pass.
 //  3. Download and decompress the archives in parallel, each a stream from
 //     the repository through the tar reader into files: bounded memory,
 //     checksums verified as the bytes arrive.
@@ -29,6 +30,21 @@
 //     failed or was killed can never be started by mistake; a failed restore
 //     also removes what it wrote and leaves WALKEEPER_RESTORE_FAILED
 //     explaining why.
+//
+// # Delta restore
+//
+// With Options.Delta (restore --delta) the target is an existing data
+// directory of the same cluster (a fallen replica, the old primary after a
+// failover) made equal to the backup (delta.go): a live postmaster.pid or
+// another system identifier is refused before anything is written;
+// global/pg_control is removed (durably) before any other change and a
+// marker naming the cluster written; whatever the backup's manifest does
+// not list is removed (what PostgreSQL excludes from backups included);
+// files whose size and checksum match the manifest are kept (checksummed by
+// a bounded pool, fsynced), the rest written by the archives' extraction;
+// pg_control last, as always. A failed resync removes nothing and leaves
+// the marker; running it again finishes it. Result.Wrote counts what any
+// restore wrote, Result.Delta what a resync kept and removed.
 //
 // # Durability
 //

@@ -26,7 +26,12 @@ type extractor struct {
 	// incremental, when set, may write a regular file itself (an
 	// INCREMENTAL file of an incremental backup) and then returns true.
 	incremental func(rel string, size int64, r io.Reader) (bool, error)
-	// wrote, when set, is called after each regular file is written.
+	// keep, when set and true for a regular file's name, leaves the
+	// existing file as it is (a delta restore found it equal); the
+	// entry's content is read past.
+	keep func(rel string) bool
+	// wrote, when set, is called after each regular file is written (or
+	// kept).
 	wrote func()
 }
 
@@ -159,6 +164,12 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 			if held || err != nil {
 				return err
 			}
+		}
+		if x.keep != nil && x.keep(rel) {
+			if x.wrote != nil {
+				x.wrote()
+			}
+			return nil // the tar reader reads past the content
 		}
 		if err := x.mkdirAll(path.Dir(rel)); err != nil {
 			return err

@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,6 +37,11 @@ type Options struct {
 	// Force empties a non-empty target directory (and tablespace
 	// locations) first.
 	Force bool
+	// Delta makes an existing data directory (and its tablespace
+	// locations) equal to the backup, keeping the files whose size and
+	// checksum match the backup's manifest (delta.go). Exclusive with
+	// Force.
+	Delta bool
 	// Owner is the OS user the restored files belong to. When empty and
 	// walkeeper runs as root, the owner of TargetDir's parent.
 	Owner string
@@ -88,6 +94,10 @@ type Progress struct {
 type Result struct {
 	Backup      *basebackup.Meta
 	Tablespaces map[string]string // OID → location
+	// Wrote is what the restore wrote: files created, bytes written.
+	Wrote WriteStats
+	// Delta is what a delta restore kept and removed (nil otherwise).
+	Delta *DeltaStats
 }
 
 // FailedMarker is the file a failed restore leaves in the target directory.
@@ -108,9 +118,20 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err := opts.Recovery.Validate(); err != nil {
 		return nil, err
 	}
+	if opts.Delta && opts.Force {
+		return nil, errors.New("--delta keeps what is equal and --force empties the directory first: give one of them")
+	}
 	meta, why, err := chooseBackup(ctx, opts.Repo, opts.BackupID, opts.Recovery)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Delta {
+		if err := deltaBackup(meta); err != nil {
+			return nil, err
+		}
+		if err := checkDeltaTarget(target, meta.SystemIdentifier); err != nil {
+			return nil, err
+		}
 	}
 	own, err := resolveOwner(opts.Owner, target)
 	if err != nil {
@@ -140,8 +161,23 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	dd := newDataDir(opts.fs, own, opts.NoSync)
 	defer dd.discard()
+	var manifest *backupManifest
+	if opts.Delta {
+		// Read before anything changes: a backup without a usable
+		// manifest is refused with the directory untouched.
+		if manifest, err = loadManifest(ctx, opts.Repo, meta); err != nil {
+			return nil, err
+		}
+	}
+	what := refuseNonEmpty
+	switch {
+	case opts.Delta:
+		what = keepNonEmpty
+	case opts.Force:
+		what = emptyNonEmpty
+	}
 	for _, root := range roots {
-		if err := dd.prepareRoot(root, opts.Force); err != nil {
+		if err := dd.prepareRoot(root, what); err != nil {
 			return nil, err
 		}
 	}
@@ -151,12 +187,26 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	log.Info("restoring", "start_lsn", meta.StartLSN, "stop_lsn", meta.StopLSN, "size", meta.Size, "tablespaces", len(locations))
 	r := &restorer{opts: opts, meta: meta, target: target, roots: roots, locations: locations, dd: dd, log: log}
+	if opts.Delta {
+		r.delta = &delta{}
+		if err := r.deltaBegin(ctx, manifest); err != nil {
+			r.fail(err)
+			return nil, err
+		}
+	}
 	if err := r.run(ctx); err != nil {
 		r.fail(err)
 		return nil, err
 	}
-	log.Info("restore complete")
-	return &Result{Backup: meta, Tablespaces: locations}, nil
+	res := &Result{Backup: meta, Tablespaces: locations, Wrote: WriteStats{Files: dd.wroteFiles.Load(), Bytes: dd.wroteBytes.Load()}}
+	if r.delta != nil {
+		res.Delta = &r.delta.stats
+		log.Info("restore complete", "kept_files", res.Delta.KeptFiles, "kept_bytes", res.Delta.KeptBytes,
+			"wrote_files", res.Wrote.Files, "wrote_bytes", res.Wrote.Bytes, "removed", res.Delta.Removed)
+	} else {
+		log.Info("restore complete", "wrote_files", res.Wrote.Files, "wrote_bytes", res.Wrote.Bytes)
+	}
+	return res, nil
 }
 
 // firstWALFiles are the stored files, in a local repository, of the first
@@ -219,6 +269,9 @@ type restorer struct {
 	// oldest first, itself last.
 	chain   *chainState
 	members []*basebackup.Meta
+
+	// delta is set for a delta restore (delta.go).
+	delta *delta
 
 	progress             Progress // totals; the counts are below
 	bytesDone, filesDone atomic.Int64
@@ -345,6 +398,12 @@ func (r *restorer) run(ctx context.Context) error {
 	if err := r.opts.Recovery.write(r.dd, r.target); err != nil {
 		return err
 	}
+	if r.delta != nil {
+		// Durable before pg_control (writePGControl syncs the directory).
+		if err := r.dd.removeAll(filepath.Join(r.target, FailedMarker)); err != nil {
+			return err
+		}
+	}
 	// Last, once everything else is durable: with pg_control in place the
 	// directory can start.
 	return r.dd.writePGControl(r.target, r.pgControl)
@@ -388,6 +447,9 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root, oid
 			r.mu.Unlock()
 			return true, err
 		}
+	}
+	if r.delta != nil {
+		x.keep = func(rel string) bool { return r.delta.kept(oid, rel) }
 	}
 	if r.chain != nil {
 		x.incremental = func(rel string, size int64, content io.Reader) (bool, error) {
@@ -485,9 +547,18 @@ func (r *restorer) copyObject(ctx context.Context, key, dest string) error {
 	return r.dd.commit(f, dest)
 }
 
-// fail removes what the restore wrote and leaves a note saying why.
+// fail removes what the restore wrote and leaves a note saying why. A
+// delta restore removes nothing (what is equal stays for the next run):
+// once it took pg_control away it leaves the note; before, it changed
+// nothing and leaves nothing.
 func (r *restorer) fail(cause error) {
 	r.dd.discard()
+	if r.delta != nil {
+		if r.delta.started {
+			r.dd.writeFileNow(filepath.Join(r.target, FailedMarker), r.deltaMarker(cause))
+		}
+		return
+	}
 	for _, root := range r.roots {
 		entries, _ := os.ReadDir(root)
 		for _, e := range entries {

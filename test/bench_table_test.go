@@ -63,6 +63,10 @@ var benchRatios = []struct {
 	{"restore wall-s", "walkeeper-parallel-1", "walkeeper-parallel-2", 1.6, true},
 	{"backup wall-s", "pg_basebackup-server-zstd", "pg_basebackup-client-zstd", 0, false},
 	{"backup wall-s", "pg_basebackup-server-zstd-workers-2", "pg_basebackup-client-zstd", 0, false},
+	{"resync wall-s", "restore-delta-5%-newest", "full-restore-5%-newest", 0, false},
+	{"resync written-MB", "restore-delta-5%-newest", "full-restore-5%-newest", 0, false},
+	{"resync wall-s", "restore-delta-5%-spread", "full-restore-5%-spread", 0, false},
+	{"resync written-MB", "restore-delta-5%-spread", "full-restore-5%-spread", 0, false},
 }
 
 // printBenchTable writes the table, then the ratios, for both the current
@@ -95,7 +99,7 @@ func printBenchTable(w io.Writer) {
 			return fmt.Sprintf("%.2f", n/d)
 		}
 		before := "-"
-		if r.num != "walkeeper-parallel-1" {
+		if r.num != "walkeeper-parallel-1" && beforeName(r.num) != r.num {
 			before = cell(beforeName(r.num))
 		}
 		goal := "-"

@@ -23,9 +23,10 @@ import (
 )
 
 var (
-	targetDirFlag = &cli.StringFlag{Name: "target-dir", Usage: "data `DIR` to create (missing or empty)"}
+	targetDirFlag = &cli.StringFlag{Name: "target-dir", Usage: "data `DIR` to create (missing or empty), or with --delta to resync"}
 	backupIDFlag  = &cli.StringFlag{Name: "backup", Value: "latest", Usage: "backup `ID` to restore, or latest (the newest complete backup; with --target-time or --target-lsn the newest that ends before the target)"}
 	forceFlag     = &cli.BoolFlag{Name: "force", Usage: "empty a non-empty target directory (and tablespace locations) first"}
+	deltaFlag     = &cli.BoolFlag{Name: "delta", Usage: "resync an existing data directory of the same cluster (a fallen replica, the old primary): keep the files whose size and CRC-32C match the backup's manifest, write the rest, remove what the backup does not have (not with --force)"}
 	ownerFlag     = &cli.StringFlag{Name: "owner", Usage: "OS `USER` owning the restored files (default when run as root: the owner of the target's parent directory)"}
 	tsMapFlag     = &cli.StringSliceFlag{Name: "tablespace-map", Usage: "relocate a tablespace: `OLD=NEW` (repeatable)"}
 	parallelFlag  = &cli.IntFlag{Name: "parallel", Usage: "`N` archive chunks downloaded, verified, decompressed and extracted at once (default: the number of CPUs; memory about 16 MB each)"}
@@ -48,7 +49,7 @@ var (
 func init() {
 	commands = append(commands, &cli.Command{
 		Name:  "restore",
-		Usage: "restore a backup into a new data directory, to a point in time or as a read replica",
+		Usage: "restore a backup into a new data directory (or resync an existing one with --delta), to a point in time or as a read replica",
 		Description: `Downloads, verifies, decompresses and extracts the backup's archive chunks
 in parallel (--parallel N, default one per CPU) with bounded memory,
 checking every object's checksum against backup.json, and extracts them
@@ -76,12 +77,26 @@ repository (walkeeper.json, wal/, the first WAL segment), and refuses in one
 line saying what to change when it cannot. --restore-command writes your
 own command instead (and skips the check).
 
+--delta resyncs an existing data directory instead of creating one: a
+replica that fell too far behind (its slot invalidated), or the old primary
+after a failover. It refuses a directory a running server uses
+(postmaster.pid of a live process) and one of another cluster (the system
+identifier in its pg_control), removes global/pg_control first, keeps every
+file whose size and checksum (CRC-32C in the default manifest) match the
+backup's manifest, writes the others, removes what the backup does not have
+(pg_wal contents, slots, temporary files: what PostgreSQL leaves out of a
+backup), and writes pg_control last. Interrupted, the directory stays
+unstartable until restore --delta runs again. It ends with one line:
+"delta: kept N files (X bytes), wrote M files (Y bytes), removed K".
+
 Examples:
   walkeeper restore --repo s3://bucket/db1 --target-dir /var/lib/postgresql/15/main \
       --target-time '2026-11-26 14:30:00+00' --target-action promote
   walkeeper restore --repo s3://bucket/db1 --target-dir /srv/replica2 --as-replica \
+      --dsn "host=db1 user=walkeeper" --slot replica2 --port 5433
+  walkeeper restore --repo s3://bucket/db1 --target-dir /srv/replica2 --delta --as-replica \
       --dsn "host=db1 user=walkeeper" --slot replica2 --port 5433`,
-		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, ownerFlag, tsMapFlag, parallelFlag, noSyncFlag,
+		Flags: []cli.Flag{targetDirFlag, backupIDFlag, forceFlag, deltaFlag, ownerFlag, tsMapFlag, parallelFlag, noSyncFlag,
 			targetTimeFlag, targetLSNFlag, targetXIDFlag, targetNameFlag, targetTimelineFlag, targetActionFlag,
 			asReplicaFlag, primaryConninfoFlag, replicaSlotFlag, portFlag, restoreCommandFlag},
 		Action: restoreAction,
@@ -92,6 +107,9 @@ func restoreAction(c *cli.Context) error {
 	dir := c.String(targetDirFlag.Name)
 	if dir == "" {
 		return usagef("restore needs --target-dir DIR")
+	}
+	if c.Bool(deltaFlag.Name) && c.Bool(forceFlag.Name) {
+		return usagef("--delta keeps what is equal and --force empties the directory first: give one of them")
 	}
 	tsMap := map[string]string{}
 	for _, m := range c.StringSlice(tsMapFlag.Name) {
@@ -151,7 +169,7 @@ func restoreAction(c *cli.Context) error {
 		return usagef("--parallel must be 1 or more (0: the number of CPUs)")
 	}
 	opts := restore.Options{
-		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name),
+		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name), Delta: c.Bool(deltaFlag.Name),
 		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
 		Recovery: rec, RepoDir: repoDir, Binary: binary, KeyFiles: keyFiles, NoSync: c.Bool(noSyncFlag.Name), Log: slog.Default(),
 	}
@@ -167,6 +185,11 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintln(c.App.Writer, res.Backup.ID)
+	if res.Delta != nil {
+		fmt.Fprintln(c.App.ErrWriter, res.Delta.Summary(res.Wrote))
+	} else {
+		fmt.Fprintf(c.App.ErrWriter, "wrote %d files (%d bytes)\n", res.Wrote.Files, res.Wrote.Bytes)
+	}
 	return nil
 }
 
@@ -261,12 +284,23 @@ func replicaSettings(c *cli.Context, rec *restore.Recovery) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	_, created, err := replication.EnsurePhysicalSlot(ctx, conn, slot, true)
+	s, created, err := replication.EnsurePhysicalSlot(ctx, conn, slot, true)
 	if err != nil {
 		return err
 	}
 	if created {
 		slog.Info("created physical replication slot on the primary", "slot", slot)
+	} else if s.RestartLSN == 0 {
+		// Invalidated (max_slot_wal_keep_size) or never reserved: the
+		// replica could never stream from it. It is this replica's slot,
+		// so it starts again from now, as a new one would.
+		if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+replication.QuoteIdent(slot)).ReadAll(); err != nil {
+			return fmt.Errorf("slot %q holds no WAL (invalidated?) and could not be dropped to create it again: %w", slot, replication.Classify(err, slot))
+		}
+		if _, _, err := replication.EnsurePhysicalSlot(ctx, conn, slot, true); err != nil {
+			return err
+		}
+		slog.Info("created the physical replication slot on the primary again: it held no WAL (invalidated, or never reserved)", "slot", slot)
 	}
 	return nil
 }
