@@ -448,7 +448,6 @@ func (r *Repository) Format(ctx context.Context) (int, error) {
 // the short deadline of a database connection.
 const InitTimeout = time.Minute
 
-
 // Init makes sure the repository belongs to the cluster described by want
 // (SystemIdentifier, PGMajorVersion, WALSegmentSize): it creates
 // walkeeper.json in an empty repository and checks it in an existing one.
