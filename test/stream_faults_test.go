@@ -101,6 +101,13 @@ func TestSlotNeverPassesStoredWAL(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); c.Pgbench(t, "-T", "5", "-c", "2") }()
+	// pgbench alone can write less than a segment in 5 s on a loaded
+	// machine; this writes about 40 MB of WAL whatever the load.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.Exec(t, "CREATE TABLE blocked_filler AS SELECT g, repeat('w', 600) AS pad FROM generate_series(1, 60000) g")
+	}()
 	samples := 0
 	for deadline := time.Now().Add(7 * time.Second); time.Now().Before(deadline); samples++ {
 		check("storage blocked")

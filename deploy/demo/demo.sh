@@ -246,8 +246,16 @@ add_replica() {
 reads() {
 	local count=${1:-6}
 	say "reads through the read port ($READ_PORT): who answered?"
+	local i try
 	for i in $(seq 1 "$count"); do
-		psql_at "$READ_PORT" "SELECT 'read $i answered by port ' || inet_server_port() || CASE WHEN pg_is_in_recovery() THEN ' (replica)' ELSE ' (primary, as fallback)' END || ', demo rows: ' || (SELECT count(*) FROM demo)"
+		# A connection HAProxy closes (a server's check changed state just
+		# then, e.g. on a loaded machine) is retried, as a client would.
+		for try in 1 2 3; do
+			psql_at "$READ_PORT" "SELECT 'read $i answered by port ' || inet_server_port() || CASE WHEN pg_is_in_recovery() THEN ' (replica)' ELSE ' (primary, as fallback)' END || ', demo rows: ' || (SELECT count(*) FROM demo)" && break
+			[ "$try" = 3 ] && die "read $i failed three times through the read port"
+			echo "read $i: the connection failed; retrying"
+			sleep 1
+		done
 	done
 }
 
