@@ -124,9 +124,7 @@ func (r *Repository) LocksExclusive(ctx context.Context) (exclusive bool, detail
 // writes: a second create of the same new key must fail, and so must a
 // replace or a delete naming a version the key does not have.
 func probeConditional(ctx context.Context, b Backend) (lockMode, error) {
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	key := LocksPrefix + "probe-" + hex.EncodeToString(rnd[:]) + ".json"
+	var key string
 	// Remove the probe even when ctx has ended.
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -134,10 +132,29 @@ func probeConditional(ctx context.Context, b Backend) (lockMode, error) {
 		cancel()
 	}()
 	data := []byte(`{"probe":"conditional writes"}`)
-	if _, err := b.PutIfAbsent(ctx, key, data); errors.Is(err, ErrConditionalUnsupported) {
-		return lockWriteVerify, nil
-	} else if err != nil {
-		return 0, err
+	// A new random key cannot exist, so a refusal of its creation is the
+	// server's hiccup (Versity S3 Gateway answers 409 "Existing Object is a
+	// directory" now and then while another client creates objects beside
+	// it): try once more with another key.
+	for try := 1; ; try++ {
+		var rnd [8]byte
+		rand.Read(rnd[:])
+		key = LocksPrefix + "probe-" + hex.EncodeToString(rnd[:]) + ".json"
+		_, err := b.PutIfAbsent(ctx, key, data)
+		if errors.Is(err, ErrConditionalUnsupported) {
+			return lockWriteVerify, nil
+		}
+		if err == nil {
+			break
+		}
+		if try == 2 || !errors.Is(err, ErrPrecondition) {
+			return 0, err
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, err
+		}
 	}
 	switch _, err := b.PutIfAbsent(ctx, key, data); {
 	case err == nil:

@@ -363,6 +363,11 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
+	// Init can take seconds (scrypt of a passphrase repository on a busy
+	// machine): the server and repository requests after it get a fresh
+	// deadline each time.
+	cctx, cancelSlot := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+	defer cancelSlot()
 	slot, err := s.ensureSlot(cctx)
 	if err != nil {
 		return err
@@ -371,6 +376,8 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err != nil {
 		return replication.Permanent(err)
 	}
+	cctx, cancelRest := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+	defer cancelRest()
 	// Ranges only where every walkeeper that reads the repository knows
 	// them: a repository of an older format keeps whole partials.
 	s.up.ranges.Store(cfg.FormatVersion >= 3)
