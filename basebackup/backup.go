@@ -103,10 +103,8 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 	}
 	replication.WarnUntested(opts.Log, sys)
 	want := storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: sys.Major, WALSegmentSize: sys.SegSize}
-	ictx, icancel := context.WithTimeout(ctx, storage.InitTimeout)
-	defer icancel()
 	if _, err := opts.Repo.Config(cctx); err == nil {
-		if _, err := opts.Repo.Init(ictx, want); err != nil {
+		if _, err := opts.Repo.Init(ctx, want); err != nil {
 			return nil, err
 		}
 	} else if !errors.Is(err, storage.ErrNotFound) {
@@ -131,9 +129,7 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 
 func runLocked(ctx context.Context, opts Options, lock *storage.Lock, conn *pgconn.PgConn, sys replication.System, want storage.Config) (*Meta, error) {
 	log := opts.Log
-	ictx, cancel := context.WithTimeout(ctx, storage.InitTimeout)
-	defer cancel()
-	if _, err := opts.Repo.Init(ictx, want); err != nil {
+	if _, err := opts.Repo.Init(ctx, want); err != nil {
 		return nil, err
 	}
 	walMode := opts.WAL

@@ -406,12 +406,27 @@ func (r *restorer) compare(ctx context.Context, cands []candidate) error {
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
+// manifestSum reads rd to its end and returns its size and its checksum as
+// backup_manifest prints it for algo; ok is false for no algorithm or one
+// walkeeper cannot compute.
+func manifestSum(algo string, rd io.Reader) (n int64, sum string, ok bool, err error) {
+	h, sumOf, ok := newHash(algo)
+	if !ok {
+		return 0, "", false, nil
+	}
+	buf := readBufs.Get().(*[]byte)
+	defer readBufs.Put(buf)
+	if n, err = io.CopyBuffer(h, rd, *buf); err != nil {
+		return n, "", true, err
+	}
+	return n, sumOf(h.Sum(nil)), true, nil
+}
+
 // sameAsBackup reports whether the file c.path has the manifest's
 // checksum; a file kept is fsynced (it may hold pages a killed server
 // left in the page cache).
 func (r *restorer) sameAsBackup(c candidate) (bool, error) {
-	h, sumOf, ok := newHash(c.entry.algo)
-	if !ok {
+	if _, _, ok := newHash(c.entry.algo); !ok {
 		return false, nil
 	}
 	f, err := r.dd.fs.OpenRead(c.path)
@@ -419,13 +434,11 @@ func (r *restorer) sameAsBackup(c candidate) (bool, error) {
 		return false, fmt.Errorf("compare %s: %w", c.path, err)
 	}
 	defer f.Close()
-	buf := readBufs.Get().(*[]byte)
-	defer readBufs.Put(buf)
-	n, err := io.CopyBuffer(h, f, *buf)
+	n, sum, _, err := manifestSum(c.entry.algo, f)
 	if err != nil {
 		return false, fmt.Errorf("compare %s: %w", c.path, err)
 	}
-	if n != c.entry.size || sumOf(h.Sum(nil)) != c.entry.sum {
+	if n != c.entry.size || sum != c.entry.sum {
 		return false, nil
 	}
 	if !r.opts.NoSync {

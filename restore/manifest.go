@@ -78,13 +78,12 @@ func (r *restorer) rebuiltSums(ctx context.Context) (map[string]fileSum, error) 
 				return err
 			}
 			defer f.Close()
-			c := crc32.New(castagnoli)
-			n, err := io.Copy(c, f)
+			n, sum, _, err := manifestSum("CRC32C", f)
 			if err != nil {
 				return fmt.Errorf("checksum %s: %w", p, err)
 			}
 			bare, _ := basebackup.IncrementalTarget(key)
-			results <- res{key, fileSum{bare, n, crc32cHex(c.Sum32())}}
+			results <- res{key, fileSum{bare, n, sum}}
 			return nil
 		})
 	}

@@ -141,31 +141,27 @@ func (z *lz4Writer) flush(src []byte) error {
 
 // Close writes the last block and the end mark; it does not close w.
 func (z *lz4Writer) Close() error {
-	if z.err != nil {
-		if z.b != nil {
-			lz4Pool.Put(z.b)
-			z.b = nil
-		}
-		return z.err
+	if z.b == nil {
+		return z.err // closed already
 	}
-	err := func() error {
-		if len(z.b.block) > 0 {
-			if err := z.flush(z.b.block); err != nil {
-				return err
-			}
-		}
-		if !z.header {
-			if _, err := z.w.Write(lz4FrameHeader); err != nil {
-				return err
-			}
-		}
-		_, err := z.w.Write([]byte{0, 0, 0, 0})
-		return err
-	}()
+	err := z.err
+	if err == nil && len(z.b.block) > 0 {
+		err = z.flush(z.b.block)
+	}
+	if err == nil && !z.header {
+		_, err = z.w.Write(lz4FrameHeader)
+	}
+	if err == nil {
+		_, err = z.w.Write([]byte{0, 0, 0, 0})
+	}
 	z.b.block = z.b.block[:0]
 	lz4Pool.Put(z.b)
 	z.b = nil
-	z.err = errLZ4Closed
+	if err != nil {
+		z.err = err
+	} else {
+		z.err = errLZ4Closed
+	}
 	return err
 }
 

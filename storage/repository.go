@@ -442,10 +442,10 @@ func (r *Repository) Format(ctx context.Context) (int, error) {
 	return c.FormatVersion, nil
 }
 
-// InitTimeout is the deadline callers give Init: a few small requests and,
-// for a passphrase repository, one scrypt derivation (about 0.1 s, seconds
-// on a loaded machine or under the race detector), so it does not share
-// the short deadline of a database connection.
+// InitTimeout bounds Init: a few small requests and, for a passphrase
+// repository, one scrypt derivation (about 0.1 s, seconds on a loaded
+// machine or under the race detector). Init sets it itself, so callers
+// pass their command's context, not a short connection deadline.
 const InitTimeout = time.Minute
 
 // Init makes sure the repository belongs to the cluster described by want
@@ -453,6 +453,8 @@ const InitTimeout = time.Minute
 // walkeeper.json in an empty repository and checks it in an existing one.
 // Every writer calls Init before writing WAL or a backup.
 func (r *Repository) Init(ctx context.Context, want Config) (*Config, error) {
+	ctx, cancel := context.WithTimeout(ctx, InitTimeout)
+	defer cancel()
 	have, err := r.Config(ctx)
 	if errors.Is(err, ErrNotFound) {
 		created, cerr := r.create(ctx, want)

@@ -177,10 +177,7 @@ func TestEncryptedPassphraseArchiveDrill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
-		e, _ := repoEnd(ctx, passRepoR)
-		return e >= end
-	})
+	waitStored(t, passRepoR, end)
 	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("stream exit %d:\n%s", code, wk.output())
 	}

@@ -98,10 +98,7 @@ func TestEncryptedRepository(t *testing.T) {
 			end := lsnOf(t, c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text"))
 			c.Exec(t, "SELECT pg_switch_wal()")
 			repo := target.open(t)
-			waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
-				e, _ := repoEnd(context.Background(), repo)
-				return e >= end
-			})
+			waitStored(t, repo, end)
 			if code := wk.stop(t, syscall.SIGTERM); code != 0 {
 				t.Fatalf("stream exit %d:\n%s", code, wk.output())
 			}

@@ -177,10 +177,7 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 	c.Exec(t, "INSERT INTO after SELECT generate_series(11, 20)")
 	end := lsnOf(t, c.QueryString(t, "SELECT pg_current_wal_insert_lsn()::text"))
 	c.Exec(t, "SELECT pg_switch_wal()")
-	waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
-		e, _ := repoEnd(context.Background(), rp)
-		return e >= end
-	})
+	waitStored(t, rp, end)
 	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("stream exit %d", code)
 	}

@@ -138,10 +138,7 @@ func TestRestorePicksBackupThatReachesTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
-		e, _ := repoEnd(t.Context(), repo)
-		return e >= end
-	})
+	waitStored(t, repo, end)
 	if code := wk.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("stream exit %d", code)
 	}

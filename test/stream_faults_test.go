@@ -24,6 +24,16 @@ import (
 	"github.com/walkeeper/walkeeper/walstream"
 )
 
+// waitStored waits (a minute at most) until the repository holds WAL up
+// to end: what the tests do before stopping a stream they rely on.
+func waitStored(t *testing.T, repo *storage.Repository, end uint64) {
+	t.Helper()
+	waitFor(t, time.Minute, "the stream to store all WAL", func() bool {
+		e, _ := repoEnd(t.Context(), repo)
+		return e >= end
+	})
+}
+
 // repoEnd is the LSN just after the newest WAL byte the repository holds
 // (complete segments, and the prefix a partial and its ranges hold),
 // computed from the objects alone.

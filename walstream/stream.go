@@ -354,10 +354,8 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	// walkeeper.json only once the slot is known to be usable: bad input
 	// leaves nothing behind.
 	want := storage.Config{SystemIdentifier: sys.SystemID, PGMajorVersion: major, WALSegmentSize: segSize}
-	ictx, icancel := context.WithTimeout(ctx, storage.InitTimeout)
-	defer icancel()
 	if _, err := s.opts.Repo.Config(cctx); err == nil {
-		if _, err := s.opts.Repo.Init(ictx, want); err != nil {
+		if _, err := s.opts.Repo.Init(ctx, want); err != nil {
 			return replication.Permanent(err)
 		}
 	} else if !errors.Is(err, storage.ErrNotFound) {
@@ -372,7 +370,7 @@ func (s *streamer) session(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	cfg, err := s.opts.Repo.Init(ictx, want)
+	cfg, err := s.opts.Repo.Init(ctx, want)
 	if err != nil {
 		return replication.Permanent(err)
 	}

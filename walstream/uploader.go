@@ -193,7 +193,7 @@ func (u *uploader) run(ctx context.Context) {
 				}
 				return
 			}
-			if j.kind == jobSegment && segmentWorkers > 1 {
+			if j.kind == jobSegment {
 				f := &inflight{j: j, stored: make(chan struct{})}
 				pending = append(pending, f)
 				go func() {
