@@ -2,6 +2,8 @@ package storage
 
 import (
 	"bytes"
+	"context"
+	"crypto/sha256"
 	"io"
 	"math/rand"
 	"os"
@@ -133,4 +135,41 @@ func FuzzLZ4(f *testing.F) {
 			t.Fatalf("round trip of %d bytes: %v", len(data), err)
 		}
 	})
+}
+
+// TestLZ4ObjectsOfEarlierWriters: lz4 objects stored before walkeeper had
+// its own encoder hold pierrec/lz4 frames (4 MiB blocks with a content
+// checksum, then 1 MiB blocks without); they are read back unchanged.
+func TestLZ4ObjectsOfEarlierWriters(t *testing.T) {
+	content := lz4Inputs()["matches"]
+	for _, opts := range [][]lz4.Option{
+		{lz4.ConcurrencyOption(1)},
+		{lz4.ConcurrencyOption(1), lz4.ChecksumOption(false), lz4.BlockSizeOption(lz4.Block1Mb)},
+	} {
+		var body bytes.Buffer
+		body.Write(encodeHeader(CodecLZ4, false))
+		lw := lz4.NewWriter(&body)
+		if err := lw.Apply(opts...); err != nil {
+			t.Fatal(err)
+		}
+		lw.Write(content)
+		if err := lw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(body.Bytes())
+		body.Write(encodeTrailer(int64(len(content)), sum[:], nil))
+		mem := NewMemory()
+		if err := mem.Put(context.Background(), "wal/old.lz4", bytes.NewReader(body.Bytes())); err != nil {
+			t.Fatal(err)
+		}
+		rd, err := NewRepository(mem, CodecZstd).Open(context.Background(), "wal/old.lz4")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rd)
+		rd.Close()
+		if err != nil || !bytes.Equal(got, content) {
+			t.Fatalf("old lz4 object: %d bytes back, %v", len(got), err)
+		}
+	}
 }
