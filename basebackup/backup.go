@@ -212,6 +212,7 @@ type backup struct {
 
 	oq       *objectQueue
 	split    *tarSplitter // the current tablespace archive's; nil for the manifest
+	parts    bool         // a file was stored as parts (archive_layout 3)
 	chunks   map[string][]string
 	objects  []Object
 	failures []ChecksumFailure
@@ -287,8 +288,14 @@ func (b *backup) run(ctx context.Context) (*Meta, error) {
 			return nil, err
 		}
 	}
+	// Layout 2 unless a file was split, so that walkeeper versions from
+	// before parts restore every backup without one.
+	layout := LayoutChunked
+	if b.parts {
+		layout = LayoutParts
+	}
 	meta := &Meta{
-		FormatVersion: storage.FormatVersion, ArchiveLayout: LayoutChunked, ID: b.id, Label: label, StartTime: start, StopTime: stop,
+		FormatVersion: storage.FormatVersion, ArchiveLayout: layout, ID: b.id, Label: label, StartTime: start, StopTime: stop,
 		StartLSN: res.startLSN.String(), StopLSN: res.stopLSN.String(), Timeline: res.startTLI, StopTimeline: res.stopTLI,
 		SystemIdentifier: b.sys.SystemID, ServerVersion: b.sys.ServerVersion, WALSegmentSize: b.sys.SegSize,
 		FromStandby: b.sys.InRecovery, WAL: b.walMode, Compression: b.opts.Repo.Codec().String(),
@@ -422,6 +429,7 @@ func (b *backup) notice(severity, message string) {
 func (b *backup) closeCurrent() error {
 	if sp := b.split; sp != nil {
 		b.split = nil
+		b.parts = b.parts || sp.split
 		if !sp.ended && (sp.content > 0 || sp.nhdr > 0) {
 			return errors.New("the server's tar archive ended in the middle of an entry")
 		}

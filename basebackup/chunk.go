@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,13 +19,26 @@ import (
 // complete tar archive of its own (the server's end-of-archive blocks
 // close the last one, two zero blocks are added to the others) stored as
 // its own object: <stem>.<seq>.tar, base.00000.tar, base.00001.tar, ...,
-// 16384.00000.tar. A file is never split: an entry larger than ChunkSize
-// gets a chunk to itself (PostgreSQL's relation files are at most 1 GB).
-// Restore extracts the chunks in parallel; every chunk is an object, so an
-// S3 object stays far below the multipart limits whatever the database.
+// 16384.00000.tar. Restore extracts the chunks in parallel; every chunk is
+// an object, so an S3 object stays far below the multipart limits whatever
+// the database.
+//
+// A regular file too large for a chunk of its own (archive_layout 3) is
+// stored as parts: consecutive pieces of PartSize(limit) bytes (the last
+// one shorter), each starting a chunk of its own, each a tar entry under
+// the file's name with the header's size set to the piece's length and a
+// pax extended header before it holding WALKEEPER.part_offset (where the
+// piece begins in the file) and WALKEEPER.file_size (the whole file's
+// length). The file counts in the chunk of its first part. Restore writes
+// each piece at its offset, so the parts of one file are restored in
+// parallel too. INCREMENTAL files and entries with extension headers of
+// their own are never split.
 
 const (
 	tarBlock = 512
+	// PartOffsetRecord and FileSizeRecord are the pax records of a part.
+	PartOffsetRecord = "WALKEEPER.part_offset"
+	FileSizeRecord   = "WALKEEPER.file_size"
 	// DefaultChunkSize is the tar bytes a chunk holds at most, unless one
 	// file alone is larger.
 	DefaultChunkSize = 128 << 20
@@ -34,6 +48,13 @@ const (
 // (base.tar, 16384.tar).
 func ChunkName(archive string, seq int) string {
 	return fmt.Sprintf("%s.%05d.tar", strings.TrimSuffix(archive, ".tar"), seq)
+}
+
+// PartSize is the length of each part but the last of a file split with
+// chunks of at most limit bytes: limit rounded down to whole MiB (at least
+// one), so a part always holds whole blocks of any PostgreSQL block size.
+func PartSize(limit int64) int64 {
+	return max(limit/(1<<20), 1) << 20
 }
 
 // tarSplitter follows a tar stream block by block to know where entries
@@ -56,6 +77,16 @@ type tarSplitter struct {
 	inChunk  int64 // bytes in the current chunk
 	afterExt bool  // the last header was an extension (pax, GNU long name) of the next
 	ended    bool  // the end-of-archive blocks began: the rest is trailer
+
+	// The file being stored as parts: its header, length and the offset
+	// of the part being passed; part is the content bytes (with padding,
+	// for the last part) of that part still to pass.
+	splitHdr  [tarBlock]byte
+	splitSize int64
+	splitOff  int64
+	part      int64
+	// split is set once any file was stored as parts.
+	split bool
 }
 
 func (s *tarSplitter) write(p []byte) error {
@@ -63,6 +94,25 @@ func (s *tarSplitter) write(p []byte) error {
 		switch {
 		case s.ended:
 			return s.pass(p)
+		case s.content > 0 && s.splitSize > 0:
+			if s.part == 0 {
+				if err := s.nextPart(); err != nil {
+					return err
+				}
+			}
+			n := int(min(s.part, int64(len(p))))
+			if err := s.pass(p[:n]); err != nil {
+				return err
+			}
+			s.part -= int64(n)
+			s.content -= int64(n)
+			p = p[n:]
+			if s.part == 0 {
+				s.splitOff += PartSize(s.limit)
+			}
+			if s.content == 0 {
+				s.splitSize = 0
+			}
 		case s.content > 0:
 			n := int(min(s.content, int64(len(p))))
 			if err := s.pass(p[:n]); err != nil {
@@ -104,6 +154,15 @@ func (s *tarSplitter) header() error {
 	}
 	padded := (size + tarBlock - 1) / tarBlock * tarBlock
 	typ := h[156]
+	if !s.afterExt && (typ == '0' || typ == 0) && padded > s.limit && !incrementalName(h) {
+		// Too large for a chunk: stored as parts (nextPart writes their
+		// headers when their content begins).
+		copy(s.splitHdr[:], h)
+		s.splitSize, s.splitOff, s.part = size, 0, 0
+		s.content = padded
+		s.split = true
+		return nil
+	}
 	if !s.afterExt && s.inChunk > 0 && s.inChunk+tarBlock+padded > s.limit {
 		if err := s.cut(); err != nil {
 			return err
@@ -121,6 +180,78 @@ func (s *tarSplitter) header() error {
 	}
 	s.content = padded
 	return s.pass(h)
+}
+
+// nextPart begins the next part of the file being split: a chunk of its
+// own, a pax header with the part's records, the file's header with the
+// part's length.
+func (s *tarSplitter) nextPart() error {
+	if s.inChunk > 0 {
+		if err := s.cut(); err != nil {
+			return err
+		}
+		s.inChunk = 0
+	}
+	if s.splitOff == 0 {
+		s.file() // counted in the chunk of its first part
+	}
+	length := min(PartSize(s.limit), s.splitSize-s.splitOff)
+	s.part = min(PartSize(s.limit), s.content)
+	records := paxRecord(PartOffsetRecord, strconv.FormatInt(s.splitOff, 10)) +
+		paxRecord(FileSizeRecord, strconv.FormatInt(s.splitSize, 10))
+	var ext [tarBlock]byte
+	copy(ext[:], s.splitHdr[:])
+	copy(ext[0:100], make([]byte, 100))
+	copy(ext[0:100], "././@PaxHeader")
+	copy(ext[345:500], make([]byte, 155)) // ustar prefix
+	ext[156] = 'x'
+	setTarSize(ext[:], int64(len(records)))
+	body := make([]byte, (len(records)+tarBlock-1)/tarBlock*tarBlock)
+	copy(body, records)
+	hdr := s.splitHdr
+	setTarSize(hdr[:], length)
+	for _, b := range [][]byte{ext[:], body, hdr[:]} {
+		if err := s.pass(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// paxRecord is one pax extended header record: "<length> key=value\n",
+// the length counting itself.
+func paxRecord(key, value string) string {
+	rest := len(key) + len(value) + 3 // space, '=', newline
+	n := rest + len(strconv.Itoa(rest))
+	if len(strconv.Itoa(n)) > len(strconv.Itoa(rest)) {
+		n++
+	}
+	return strconv.Itoa(n) + " " + key + "=" + value + "\n"
+}
+
+// setTarSize writes a header's size field (octal; parts are far below the
+// 8 GiB it holds) and its checksum.
+func setTarSize(h []byte, size int64) {
+	copy(h[124:136], fmt.Sprintf("%011o\x00", size))
+	copy(h[148:156], "        ")
+	var sum int64
+	for _, c := range h[:tarBlock] {
+		sum += int64(c)
+	}
+	copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
+}
+
+// incrementalName reports whether a header names an INCREMENTAL file of
+// an incremental backup, which is never split.
+func incrementalName(h []byte) bool {
+	name := string(bytes.TrimRight(h[0:100], "\x00"))
+	if string(h[257:262]) == "ustar" {
+		if prefix := string(bytes.TrimRight(h[345:500], "\x00")); prefix != "" {
+			name = prefix + "/" + name
+		}
+	}
+	_, ok := IncrementalTarget(strings.TrimPrefix(path.Clean(name), "./"))
+	return ok
 }
 
 // tarSize parses a header's size field: octal, or base-256 for sizes of

@@ -3,8 +3,11 @@
 // backups honest.
 //
 // Run sends BASE_BACKUP (with a manifest, checksums verified by the server)
-// and streams each tablespace's tar archive through compression into its own
-// object under backups/<ID>/, never holding an archive in memory. It writes
+// and streams each tablespace's tar archive through compression into
+// objects under backups/<ID>/, never holding an archive in memory: the
+// archive is cut at entry boundaries into chunks of bounded size (chunk.go,
+// archive_layout 2), and a file too large for a chunk is stored as parts,
+// each starting a chunk (archive_layout 3). It writes
 // started.json first and backup.json last: backup.json is the commit marker,
 // written only once every object is stored and the WAL from the backup's
 // start to its stop LSN is in the repository (streamed by `walkeeper stream`,

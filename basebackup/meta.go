@@ -40,6 +40,12 @@ const (
 	// chunks, each a complete tar and its own object, listed in order in
 	// the tablespace's "chunks".
 	LayoutChunked = 2
+	// LayoutParts: chunked, and a file too large for a chunk of its own
+	// is stored as parts, each in a chunk of its own (chunk.go). Written
+	// only when a file was split.
+	LayoutParts = 3
+	// LayoutNewest is the newest layout this walkeeper reads.
+	LayoutNewest = LayoutParts
 )
 
 // Meta is backup.json, written last: its presence marks the backup complete.
@@ -203,6 +209,18 @@ func (m *Meta) Layout() int {
 		return LayoutSingle
 	}
 	return m.ArchiveLayout
+}
+
+// Chunked reports whether the tablespaces are stored as chunks (layout 2
+// and 3).
+func (m *Meta) Chunked() bool { return m.Layout() >= LayoutChunked }
+
+// CheckLayout refuses a layout newer than this walkeeper reads.
+func (m *Meta) CheckLayout() error {
+	if l := m.Layout(); l > LayoutNewest || l < LayoutSingle {
+		return fmt.Errorf("backup %s has archive layout %d, which this walkeeper (layouts 1 to %d) cannot read: restore it with a newer walkeeper", m.ID, l, LayoutNewest)
+	}
+	return nil
 }
 
 // Files is the regular files of all chunks (0 for LayoutSingle, which does

@@ -304,7 +304,7 @@ func (v *verifier) checkBackup(ctx context.Context, b Info, objs []storage.Objec
 				continue
 			}
 			v.need(readCheck{key: o.Key, size: info.Size, want: o, manifest: o.Name == "backup_manifest",
-				chunk: o.Archive != "" && b.Meta.Layout() == LayoutChunked, sysID: b.Meta.SystemIdentifier})
+				chunk: o.Archive != "" && b.Meta.Chunked(), sysID: b.Meta.SystemIdentifier})
 		}
 		v.checkChunkList(b)
 		if err := v.checkBackupWAL(ctx, b); err != nil {
@@ -341,7 +341,7 @@ func (v *verifier) checkChunkList(b Info) {
 			switch {
 			case !ok:
 				v.problem(ProblemBadBackupJSON, key, "tablespace archive %s names %s, which is not among the backup's objects", ts.Archive, n)
-			case m.Layout() == LayoutChunked && o.Archive != ts.Archive:
+			case m.Chunked() && o.Archive != ts.Archive:
 				v.problem(ProblemBadBackupJSON, key, "chunk %s belongs to %q, but tablespace archive %s lists it", n, o.Archive, ts.Archive)
 			}
 			listed[n] = true
@@ -612,7 +612,8 @@ func (v *verifier) readStored(ctx context.Context, c readCheck) error {
 }
 
 // tarFiles reads a tar archive to its end and counts its regular files
-// (with the backup's own rule: typeflags '0', NUL and '7').
+// (with the backup's own rule: typeflags '0', NUL and '7'; a file stored
+// as parts counts in the chunk of its first part).
 func tarFiles(r io.Reader) (int, error) {
 	tr := tar.NewReader(r)
 	n := 0
@@ -624,7 +625,7 @@ func tarFiles(r io.Reader) (int, error) {
 		if err != nil {
 			return n, err
 		}
-		if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeCont {
+		if off, ok := h.PAXRecords[PartOffsetRecord]; (h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeCont) && (!ok || off == "0") {
 			n++
 		}
 		if _, err := io.Copy(io.Discard, tr); err != nil {

@@ -50,7 +50,13 @@ type pending struct {
 	need  []uint64 // bitmap of the blocks below limit still needed
 	left  int
 	seen  bool // found in the member being read
+	// partBytes is how much of a full copy stored as parts the member
+	// being read supplied so far, of partTotal.
+	partBytes, partTotal int64
 }
+
+// part is where one part of a file stored as parts lies in it.
+type part struct{ off, total int64 }
 
 func (p *pending) needs(b uint32) bool {
 	return b < p.limit && p.need[b/64]&(1<<(b%64)) != 0
@@ -205,7 +211,10 @@ func (r *restorer) olderMembers(ctx context.Context, members []*basebackup.Meta)
 		if len(r.chain.pending) == 0 {
 			r.log.Debug("no block is needed from the older members", "from", m.ID)
 		}
-		if m.Layout() != basebackup.LayoutChunked {
+		if err := m.CheckLayout(); err != nil {
+			return err
+		}
+		if !m.Chunked() {
 			return fmt.Errorf("backup %s in the chain has archive layout %d; incremental chains need chunked backups", m.ID, m.Layout())
 		}
 		objects := map[string]basebackup.Object{}
@@ -242,7 +251,10 @@ func (r *restorer) olderMembers(ctx context.Context, members []*basebackup.Meta)
 			if !p.seen {
 				return fmt.Errorf("backup %s of the chain has no copy of %s, which the newer backups hold as an incremental file: the chain is damaged", m.ID, p.name)
 			}
-			p.seen = false
+			if p.partBytes != 0 && p.partBytes != p.partTotal {
+				return fmt.Errorf("backup %s of the chain holds %d of the %d bytes of %s as parts: the chain is damaged", m.ID, p.partBytes, p.partTotal, p.name)
+			}
+			p.seen, p.partBytes = false, 0
 			if p.left == 0 {
 				delete(r.chain.pending, key)
 			}
@@ -295,7 +307,18 @@ func (r *restorer) memberChunk(ctx context.Context, m *basebackup.Meta, obj base
 		if p == nil {
 			continue // not needed: the tar reader reads past it
 		}
-		if err := r.supply(p, tr, h.Size, incremental, buf); err != nil {
+		off, total, isPart, err := partOf(h)
+		if err == nil && isPart && incremental {
+			err = fmt.Errorf("the INCREMENTAL file %s is stored as parts: the backup is damaged", rel)
+		}
+		if err != nil {
+			return fmt.Errorf("restore %s (backup %s of the chain): %w", obj.Key, m.ID, err)
+		}
+		var pt *part
+		if isPart {
+			pt = &part{off: off, total: total}
+		}
+		if err := r.supply(p, tr, h.Size, incremental, pt, buf); err != nil {
 			if cerr := rd.CheckStored(); cerr != nil {
 				err = cerr
 			}
@@ -308,11 +331,20 @@ func (r *restorer) memberChunk(ctx context.Context, m *basebackup.Meta, obj base
 // supply writes the blocks p needs from one older copy of its file: an
 // incremental one (the needed blocks it holds) or a full one (every needed
 // block it is long enough for; no older copy is consulted after it).
-func (r *restorer) supply(p *pending, content io.Reader, size int64, incremental bool, buf []byte) error {
+//
+// pt is set when content is one part of a full copy stored as parts: it
+// supplies the needed blocks in its range, and the search ends once every
+// part of the copy has been read.
+func (r *restorer) supply(p *pending, content io.Reader, size int64, incremental bool, pt *part, buf []byte) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.seen {
+	switch {
+	case p.seen && (pt == nil || p.partBytes == 0):
 		return errors.New("the file is in the backup twice")
+	case pt != nil && p.partBytes > 0 && pt.total != p.partTotal:
+		return fmt.Errorf("its parts disagree on its length (%d, %d bytes): the backup is damaged", p.partTotal, pt.total)
+	case pt != nil && (pt.off%basebackup.BlockSize != 0 || p.partBytes+size > pt.total):
+		return fmt.Errorf("its part at offset %d does not fit the file: the backup is damaged", pt.off)
 	}
 	p.seen = true
 	f, err := r.dd.openWrite(p.path)
@@ -338,6 +370,23 @@ func (r *restorer) supply(p *pending, content io.Reader, size int64, incremental
 				p.got(b)
 				err = w.add(b, block)
 			}
+		}
+	} else if pt != nil {
+		first := uint32(pt.off / basebackup.BlockSize)
+		n := uint32(min((pt.off+size)/basebackup.BlockSize, int64(p.limit)))
+		for b := first; b < n && p.left > 0 && err == nil; b++ {
+			if _, err = io.ReadFull(content, block); err != nil {
+				break
+			}
+			if p.needs(b) {
+				p.got(b)
+				err = w.add(b, block)
+			}
+		}
+		p.partTotal = pt.total
+		p.partBytes += size
+		if p.partBytes == pt.total {
+			p.left = 0 // the whole full copy was read: as below
 		}
 	} else {
 		n := uint32(min(size/basebackup.BlockSize, int64(p.limit)))

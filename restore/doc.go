@@ -17,7 +17,10 @@
 //     checks pass.
 //  3. Download and decompress the archives in parallel, each a stream from
 //     the repository through the tar reader into files: bounded memory,
-//     checksums verified as the bytes arrive.
+//     checksums verified as the bytes arrive. A file stored as parts
+//     (archive_layout 3, parts.go) is written part by part at each part's
+//     offset by whichever workers hold its chunks; the one completing it
+//     commits it, and a file still missing a part at the end is damage.
 //  4. Extract safely (extract.go): every entry must stay inside its root
 //     (the target directory or its tablespace location); "..", absolute
 //     paths, links pointing outside and writes through links are refused.

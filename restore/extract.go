@@ -31,8 +31,11 @@ type extractor struct {
 	// entry's content is read past.
 	keep func(rel string) bool
 	// wrote, when set, is called after each regular file is written (or
-	// kept).
+	// kept); for a file stored as parts, once, when it is complete.
 	wrote func()
+	// parts holds the files stored as parts being written, shared by the
+	// extractors of all chunks (parts.go).
+	parts *partFiles
 }
 
 // ErrUnsafeArchive marks an archive entry that would escape the target.
@@ -144,6 +147,11 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	case tar.TypeDir:
 		return x.mkdirAll(rel)
 	case tar.TypeReg:
+		if off, size, ok, err := partOf(h); err != nil {
+			return err
+		} else if ok {
+			return x.writePart(h, rel, target, off, size, r)
+		}
 		if x.incremental != nil {
 			if err := x.checkParents(rel); err != nil {
 				return err
@@ -178,7 +186,9 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if err != nil {
 			return err
 		}
-		n, err := io.Copy(f, r)
+		buf := getCopyBuf()
+		n, err := io.CopyBuffer(f, r, *buf)
+		putCopyBuf(buf)
 		if err == nil && n != h.Size {
 			err = fmt.Errorf("%d bytes, archive says %d", n, h.Size)
 		}

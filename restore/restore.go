@@ -125,6 +125,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := meta.CheckLayout(); err != nil {
+		return nil, err
+	}
 	if opts.Delta {
 		if err := deltaBackup(meta); err != nil {
 			return nil, err
@@ -273,6 +276,9 @@ type restorer struct {
 	// delta is set for a delta restore (delta.go).
 	delta *delta
 
+	// parts are the files stored as parts being written (parts.go).
+	parts partFiles
+
 	progress             Progress // totals; the counts are below
 	bytesDone, filesDone atomic.Int64
 }
@@ -291,7 +297,7 @@ func (r *restorer) jobs(objects map[string]basebackup.Object) ([]job, error) {
 	var jobs []job
 	for _, ts := range r.meta.Tablespaces {
 		names := []string{ts.Archive}
-		if r.meta.Layout() == basebackup.LayoutChunked {
+		if r.meta.Chunked() {
 			names = ts.Chunks
 			if len(names) == 0 {
 				return nil, fmt.Errorf("backup %s lists tablespace archive %s without chunks: backup.json is damaged", r.meta.ID, ts.Archive)
@@ -348,7 +354,7 @@ func (r *restorer) run(ctx context.Context) error {
 		r.chain = &chainState{pending: map[string]*pending{}, rebuilt: map[string]string{}}
 		r.log.Info("restoring an incremental backup from its chain", "chain", strings.Join(r.meta.Members(), ","))
 	}
-	if r.meta.Layout() == basebackup.LayoutChunked {
+	if r.meta.Chunked() {
 		r.progress.TotalFiles = r.meta.Files()
 	}
 	r.report()
@@ -357,7 +363,11 @@ func (r *restorer) run(ctx context.Context) error {
 	for _, j := range jobs {
 		g.Go(func() error { return r.archive(gctx, j.obj, j.root, j.oid) })
 	}
-	if err := g.Wait(); err != nil {
+	err = g.Wait()
+	if perr := r.parts.incomplete(r.dd); err == nil {
+		err = perr
+	}
+	if err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -418,7 +428,7 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root, oid
 		return fmt.Errorf("open %s: %w", obj.Key, err)
 	}
 	defer rd.Close()
-	x := &extractor{root: root, dd: r.dd, wrote: func() {
+	x := &extractor{root: root, dd: r.dd, parts: &r.parts, wrote: func() {
 		r.filesDone.Add(1)
 		r.report()
 	}}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"hash"
 	"hash/crc32"
 	"io"
 	"os"
@@ -91,6 +92,11 @@ func checkBackupAgainstManifest(t *testing.T, repo *storage.Repository, meta *ba
 		crc  string
 	}
 	found := map[string]seen{}
+	// A file stored as parts: its CRC runs on over the parts, which come
+	// one after the other in chunk order.
+	var partName string
+	var partCRC hash.Hash32
+	var partLen, partSize int64
 	for _, ts := range meta.Tablespaces {
 		names := ts.Chunks
 		if meta.Layout() == basebackup.LayoutSingle {
@@ -107,7 +113,7 @@ func checkBackupAgainstManifest(t *testing.T, repo *storage.Repository, meta *ba
 			if !ok {
 				t.Fatalf("archive %s of tablespace %q not in backup.json", name, ts.OID)
 			}
-			if meta.Layout() == basebackup.LayoutChunked && o.Archive != ts.Archive {
+			if meta.Chunked() && o.Archive != ts.Archive {
 				t.Errorf("chunk %s: archive %q, want %q", name, o.Archive, ts.Archive)
 			}
 			// Every chunk is a complete tar by itself: the reader sees the
@@ -129,14 +135,38 @@ func checkBackupAgainstManifest(t *testing.T, repo *storage.Repository, meta *ba
 				if h.Typeflag != tar.TypeReg {
 					continue
 				}
-				files++
-				c := crc32.New(crc32.MakeTable(crc32.Castagnoli))
-				n, err := io.Copy(c, tr)
-				if err != nil {
-					t.Fatal(err)
+				var n int64
+				var crc uint32
+				if off, ok := h.PAXRecords[basebackup.PartOffsetRecord]; ok {
+					if meta.Layout() != basebackup.LayoutParts {
+						t.Errorf("%s: %s is stored as parts in a backup of layout %d", o.Name, h.Name, meta.Layout())
+					}
+					size, _ := strconv.ParseInt(h.PAXRecords[basebackup.FileSizeRecord], 10, 64)
+					if off == "0" {
+						files++
+						partName, partCRC, partLen, partSize = h.Name, crc32.New(crc32.MakeTable(crc32.Castagnoli)), 0, size
+					} else if h.Name != partName || off != strconv.FormatInt(partLen, 10) || size != partSize {
+						t.Fatalf("%s: part of %s at %s (file %d bytes) follows %d bytes of %s", o.Name, h.Name, off, size, partLen, partName)
+					}
+					m, err := io.Copy(partCRC, tr)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if partLen += m; partLen < partSize {
+						continue
+					}
+					n, crc, partName = partLen, partCRC.Sum32(), ""
+				} else {
+					files++
+					c := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+					var err error
+					if n, err = io.Copy(c, tr); err != nil {
+						t.Fatal(err)
+					}
+					crc = c.Sum32()
 				}
 				// PostgreSQL prints the CRC-32C's bytes in memory order.
-				sum := hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, c.Sum32()))
+				sum := hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, crc))
 				if _, dup := found[prefix+h.Name]; dup {
 					t.Errorf("%s: %s is in two archives", o.Name, prefix+h.Name)
 				}
@@ -149,10 +179,13 @@ func checkBackupAgainstManifest(t *testing.T, repo *storage.Repository, meta *ba
 				t.Fatalf("%s: %v", o.Name, err)
 			}
 			r.Close()
-			if meta.Layout() == basebackup.LayoutChunked && files != o.Files {
+			if meta.Chunked() && files != o.Files {
 				t.Errorf("chunk %s holds %d files, backup.json says %d", o.Name, files, o.Files)
 			}
 		}
+	}
+	if partName != "" {
+		t.Errorf("%s: %d of its %d bytes are stored", partName, partLen, partSize)
 	}
 	for _, f := range manifest.Files {
 		got, ok := found[f.Path]
@@ -180,8 +213,10 @@ func checkChunkSizes(t *testing.T, meta *basebackup.Meta, limit int64) {
 			t.Errorf("base archive in %d chunks, want several at a 1 MB chunk size", len(ts.Chunks))
 		}
 		for _, name := range ts.Chunks {
-			// The 1024 bytes of end-of-archive blocks come on top.
-			if o := objs[name]; o.Size > limit+1024 && o.Files > 1 {
+			// The 1024 bytes of end-of-archive blocks come on top, and a
+			// part's two headers: no chunk is larger, as a file too large
+			// for one is stored as parts.
+			if o := objs[name]; o.Size > limit+1024+3*512 {
 				t.Errorf("chunk %s: %d bytes in %d files, over the %d byte limit", name, o.Size, o.Files, limit)
 			}
 		}

@@ -54,7 +54,7 @@ func TestIncrementalChain(t *testing.T) {
 	// two chains, not four; the replica and the encrypted repository are
 	// each tried on one of them.
 	for _, tc := range []incrCase{
-		{major: 17, encrypted: true, target: func(t *testing.T) repoTarget { return localRepoTarget(t, "incr17-repo") }},
+		{major: 17, encrypted: true, smallChunks: true, target: func(t *testing.T) repoTarget { return localRepoTarget(t, "incr17-repo") }},
 		{major: 18, replica: true, target: func(t *testing.T) repoTarget { return s3Target(harness.StartS3(t)) }},
 	} {
 		t.Run(fmt.Sprintf("pg%d", tc.major), func(t *testing.T) {
@@ -83,6 +83,10 @@ type incrCase struct {
 	// replica: also restore the chain --as-replica; encrypted: also the
 	// fallbacks of an encrypted repository.
 	replica, encrypted bool
+	// smallChunks: backups with 1 MB chunks, so pgbench_accounts is
+	// stored as parts in every member, and the newer members' blocks
+	// come from the full backup's parts.
+	smallChunks bool
 }
 
 type incrPoint struct {
@@ -106,6 +110,9 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 	}
 	backup := func(extra ...string) (string, string) {
 		args := append([]string{"backup", "--repo", repo, "--dsn", dsn}, extra...)
+		if tc.smallChunks {
+			args = append(args, "--chunk-size", "1MB")
+		}
 		stdout, stderr, code := runWalkeeper(t, env, args...)
 		if code != 0 {
 			t.Fatalf("backup %v: exit %d:\n%s", extra, code, stderr)
@@ -162,6 +169,9 @@ func incrementalChain(t *testing.T, tc incrCase, target repoTarget) {
 	}
 	var m0 basebackup.Meta
 	rp.ReadJSON(context.Background(), storage.BackupMetaKey(full), &m0)
+	if tc.smallChunks && m0.Layout() != basebackup.LayoutParts {
+		t.Errorf("full backup %s with 1 MB chunks: archive_layout %d, want %d (pgbench_accounts stored as parts)", full, m0.Layout(), basebackup.LayoutParts)
+	}
 	if m2.StoredSize*3 > m0.StoredSize {
 		t.Errorf("the incremental %s stored %d bytes, not much less than the full backup's %d", i2, m2.StoredSize, m0.StoredSize)
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -45,6 +46,10 @@ func TestRestoreChunkedParallel(t *testing.T) {
 		t.Fatal(err)
 	}
 	meta := readMeta(t, repo, id)
+	// pgbench_accounts (13 MB) is larger than a chunk: stored as parts.
+	if meta.Layout() != basebackup.LayoutParts {
+		t.Errorf("backup.json archive_layout %d, want %d (files stored as parts)", meta.Layout(), basebackup.LayoutParts)
+	}
 	checkChunkSizes(t, meta, 1<<20)
 	checkBackupAgainstManifest(t, repo, meta)
 	if r := runVerify(t, target, 0); !r.OK || r.Backups != 1 {
@@ -124,6 +129,35 @@ func TestRestoreChunkedParallel(t *testing.T) {
 	if r := runVerify(t, target, 5, "--backup", id); !hasProblem(r, basebackup.ProblemBadBackupJSON, storage.BackupMetaKey(id)) {
 		t.Errorf("verify of a backup.json that drops a chunk: %+v", r.Problems)
 	}
+	// A chunk holding only a later part of a file (it counts no file)
+	// left out: restore refuses the file with a hole in it.
+	bad.Tablespaces = append([]basebackup.Tablespace(nil), meta.Tablespaces...)
+	dropped := ""
+	for i, ts := range bad.Tablespaces {
+		for j, name := range ts.Chunks {
+			for _, o := range meta.Objects {
+				if o.Name == name && o.Files == 0 && dropped == "" && ts.OID == "" {
+					dropped = name
+					bad.Tablespaces[i].Chunks = append(append([]string(nil), ts.Chunks[:j]...), ts.Chunks[j+1:]...)
+				}
+			}
+		}
+	}
+	if dropped == "" {
+		t.Fatal("no chunk holds a later part only")
+	}
+	if err := repo.WriteJSON(context.Background(), storage.BackupMetaKey(id), bad); err != nil {
+		t.Fatal(err)
+	}
+	dir = filepath.Join(harness.MakeDir(t, "chunks-hole"), "data")
+	_, stderr, code = runWalkeeper(t, nil, "restore", "--repo", repoDir, "--target-dir", dir, "--backup", id,
+		"--tablespace-map", tsDir+"="+filepath.Join(harness.MakeDir(t, "chunks-hole-ts"), "ts"), "--restore-command", "false %p")
+	if code != 1 || !strings.Contains(stderr, "lacks parts") {
+		t.Errorf("restore without the part in %s: exit %d: %s", dropped, code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "global", "pg_control")); err == nil {
+		t.Error("a failed restore left global/pg_control")
+	}
 }
 
 // oldLayoutCopy writes the backup again as walkeeper wrote backups before
@@ -158,6 +192,18 @@ func oldLayoutCopy(t *testing.T, repo *storage.Repository, meta *basebackup.Meta
 				}
 				if err != nil {
 					t.Fatal(err)
+				}
+				// Layout 1 never had parts: a file stored as parts is one
+				// entry again, its header sent with the first part.
+				if off, ok := h.PAXRecords[basebackup.PartOffsetRecord]; ok {
+					if off != "0" {
+						if _, err := io.Copy(tw, tr); err != nil {
+							t.Fatal(err)
+						}
+						continue
+					}
+					h.Size, _ = strconv.ParseInt(h.PAXRecords[basebackup.FileSizeRecord], 10, 64)
+					h.PAXRecords, h.Format = nil, tar.FormatUnknown
 				}
 				if err := tw.WriteHeader(h); err != nil {
 					t.Fatal(err)

@@ -36,7 +36,7 @@ var (
 	chunkSizeFlag = &cli.StringFlag{
 		Name:  "chunk-size",
 		Value: "128MB",
-		Usage: "most tar bytes in one archive chunk (one object; restore extracts chunks in parallel); a larger file gets a chunk of its own",
+		Usage: "most tar bytes in one archive chunk (one object; restore extracts chunks in parallel); a larger file is stored as parts of this size, each in a chunk of its own",
 	}
 	walTimeoutFlag = &cli.DurationFlag{
 		Name:  "wal-timeout",
@@ -62,7 +62,8 @@ func init() {
 standby) and streams each tablespace's tar archive straight through
 compression into the repository: no temporary files, bounded memory. Each
 archive is cut at file boundaries into chunks of at most --chunk-size, each
-a complete tar in its own object, so restore extracts them in parallel. The
+a complete tar in its own object (a larger file as parts, each starting a
+chunk), so restore extracts them in parallel. The
 server's backup_manifest is stored unchanged; backup.json is written last and
 marks the backup complete. A backup is complete only when the WAL from its
 start to its stop position is available: streamed into the repository by a

@@ -1,0 +1,183 @@
+package restore
+
+import (
+	"archive/tar"
+	"fmt"
+	"io"
+	"path"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/walkeeper/walkeeper/basebackup"
+)
+
+// Files stored as parts (backup.json archive_layout 3, basebackup/chunk.go):
+// each part is a tar entry under the file's name in a chunk of its own,
+// with pax records giving its offset in the file and the file's length.
+// The extractors of different chunks write the parts of one file at their
+// offsets at the same time; the one that writes the last missing byte
+// commits the file (fsync by the syncers, like any other file). A part
+// seen twice, parts that disagree on the length, or a file still missing
+// parts when every chunk is extracted are damage, and fail the restore.
+
+// partOf returns, for a part entry, where its piece begins and the whole
+// file's length; ok is false for an ordinary entry.
+func partOf(h *tar.Header) (off, size int64, ok bool, err error) {
+	o, has := h.PAXRecords[basebackup.PartOffsetRecord]
+	if !has {
+		return 0, 0, false, nil
+	}
+	s, has := h.PAXRecords[basebackup.FileSizeRecord]
+	if !has {
+		return 0, 0, false, fmt.Errorf("part of %s has no %s record: the backup is damaged", h.Name, basebackup.FileSizeRecord)
+	}
+	off, err1 := strconv.ParseInt(o, 10, 64)
+	size, err2 := strconv.ParseInt(s, 10, 64)
+	if err1 != nil || err2 != nil || off < 0 || h.Size <= 0 || size <= 0 || off > size-h.Size {
+		return 0, 0, false, fmt.Errorf("part of %s at offset %q of %q bytes holding %d bytes does not fit the file: the backup is damaged", h.Name, o, s, h.Size)
+	}
+	return off, size, true, nil
+}
+
+// partFiles are the files whose parts are being written.
+type partFiles struct {
+	mu    sync.Mutex
+	files map[string]*partFile // by path in the target
+}
+
+type partFile struct {
+	f       outFile
+	size    int64
+	left    int64          // bytes not written yet
+	seen    map[int64]bool // offsets of the parts begun
+	writers int            // parts being written now
+	failed  bool
+}
+
+// begin registers the part at off, holding n bytes, of the file p of the
+// given size, creating the file for its first part to arrive.
+func (ps *partFiles) begin(dd *dataDir, p string, off, n, size int64) (*partFile, error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	pf := ps.files[p]
+	if pf == nil {
+		f, err := dd.create(p)
+		if err != nil {
+			return nil, err
+		}
+		pf = &partFile{f: f, size: size, left: size, seen: map[int64]bool{}}
+		if ps.files == nil {
+			ps.files = map[string]*partFile{}
+		}
+		ps.files[p] = pf
+	}
+	switch {
+	case pf.failed:
+		return nil, fmt.Errorf("write %s: another part failed", p)
+	case pf.size != size:
+		return nil, fmt.Errorf("the parts of %s disagree on its length (%d, %d bytes): the backup is damaged", p, pf.size, size)
+	case pf.seen[off]:
+		return nil, fmt.Errorf("the part of %s at offset %d is in the backup twice: the backup is damaged", p, off)
+	case n > pf.left:
+		return nil, fmt.Errorf("the parts of %s hold more than its %d bytes: the backup is damaged", p, size)
+	}
+	pf.seen[off] = true
+	pf.writers++
+	return pf, nil
+}
+
+// end records a part written (wrote bytes, or failed with err); done is
+// true when it completed the file, which is then committed.
+func (ps *partFiles) end(dd *dataDir, p string, pf *partFile, wrote int64, err error) (done bool, _ error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	pf.writers--
+	if err != nil {
+		pf.failed = true
+	} else {
+		pf.left -= wrote
+	}
+	if pf.failed {
+		if pf.writers == 0 && pf.f != nil {
+			dd.abort(pf.f)
+			pf.f = nil
+		}
+		return false, err
+	}
+	if pf.left > 0 || pf.writers > 0 {
+		return false, nil
+	}
+	delete(ps.files, p)
+	return true, dd.commit(pf.f, p)
+}
+
+// incomplete closes the files still missing parts and names them; nil
+// when there are none.
+func (ps *partFiles) incomplete(dd *dataDir) error {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	var names []string
+	for p, pf := range ps.files {
+		if pf.f != nil && pf.writers == 0 {
+			dd.abort(pf.f)
+			pf.f = nil
+		}
+		if !pf.failed {
+			names = append(names, p)
+		}
+	}
+	ps.files = nil
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	return fmt.Errorf("%s lacks parts (%d files in all): the backup is damaged", names[0], len(names))
+}
+
+// writePart writes one part entry: rel's piece at off, the file being size
+// bytes long.
+func (x *extractor) writePart(h *tar.Header, rel, target string, off, size int64, r io.Reader) error {
+	if _, ok := basebackup.IncrementalTarget(rel); ok && x.incremental != nil {
+		return fmt.Errorf("the INCREMENTAL file %s is stored as parts: the backup is damaged", rel)
+	}
+	if x.keep != nil && x.keep(rel) {
+		if off == 0 && x.wrote != nil {
+			x.wrote()
+		}
+		return nil // the tar reader reads past the content
+	}
+	if x.parts == nil {
+		return fmt.Errorf("%s is stored as parts in a backup whose layout has none: the backup is damaged", rel)
+	}
+	if err := x.mkdirAll(path.Dir(rel)); err != nil {
+		return err
+	}
+	pf, err := x.parts.begin(x.dd, target, off, h.Size, size)
+	if err != nil {
+		return err
+	}
+	buf := getCopyBuf()
+	n, err := io.CopyBuffer(io.NewOffsetWriter(pf.f, off), r, *buf)
+	putCopyBuf(buf)
+	if err == nil && n != h.Size {
+		err = fmt.Errorf("%d bytes, archive says %d", n, h.Size)
+	}
+	if err != nil {
+		err = fmt.Errorf("write %s at offset %d: %w", target, off, err)
+	}
+	done, err := x.parts.end(x.dd, target, pf, n, err)
+	if done && err == nil && x.wrote != nil {
+		x.wrote()
+	}
+	return err
+}
+
+// copyBufSize is the write size of extracted files: fewer, larger writes
+// than io.Copy's 32 kB.
+const copyBufSize = 256 << 10
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+func getCopyBuf() *[]byte  { return copyBufs.Get().(*[]byte) }
+func putCopyBuf(b *[]byte) { copyBufs.Put(b) }
