@@ -295,6 +295,10 @@ func (v *verifier) checkBackup(ctx context.Context, b Info, objs []storage.Objec
 		}
 	} else {
 		v.report.Backups++
+		if err := b.Meta.CheckLayout(); err != nil {
+			v.problem(ProblemBadBackupJSON, storage.BackupMetaKey(b.ID), "%v", err)
+			return nil
+		}
 		for i := range b.Meta.Objects {
 			o := &b.Meta.Objects[i]
 			listed[o.Key] = true

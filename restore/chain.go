@@ -53,6 +53,7 @@ type pending struct {
 	// partBytes is how much of a full copy stored as parts the member
 	// being read supplied so far, of partTotal.
 	partBytes, partTotal int64
+	partExt              extents
 }
 
 // part is where one part of a file stored as parts lies in it.
@@ -254,7 +255,7 @@ func (r *restorer) olderMembers(ctx context.Context, members []*basebackup.Meta)
 			if p.partBytes != 0 && p.partBytes != p.partTotal {
 				return fmt.Errorf("backup %s of the chain holds %d of the %d bytes of %s as parts: the chain is damaged", m.ID, p.partBytes, p.partTotal, p.name)
 			}
-			p.seen, p.partBytes = false, 0
+			p.seen, p.partBytes, p.partExt = false, 0, nil
 			if p.left == 0 {
 				delete(r.chain.pending, key)
 			}
@@ -345,6 +346,11 @@ func (r *restorer) supply(p *pending, content io.Reader, size int64, incremental
 		return fmt.Errorf("its parts disagree on its length (%d, %d bytes): the backup is damaged", p.partTotal, pt.total)
 	case pt != nil && (pt.off%basebackup.BlockSize != 0 || p.partBytes+size > pt.total):
 		return fmt.Errorf("its part at offset %d does not fit the file: the backup is damaged", pt.off)
+	case pt != nil:
+		// Distinct ranges adding up to the length cover the file.
+		if err := p.partExt.claim(pt.off, size); err != nil {
+			return fmt.Errorf("%w: the backup is damaged", err)
+		}
 	}
 	p.seen = true
 	f, err := r.dd.openWrite(p.path)

@@ -18,8 +18,9 @@ import (
 // The extractors of different chunks write the parts of one file at their
 // offsets at the same time; the one that writes the last missing byte
 // commits the file (fsync by the syncers, like any other file). A part
-// seen twice, parts that disagree on the length, or a file still missing
-// parts when every chunk is extracted are damage, and fail the restore.
+// seen twice or overlapping another, parts that disagree on the length, a
+// part of a file already complete, or a file still missing parts when
+// every chunk is extracted are damage, and fail the restore.
 
 // partOf returns, for a part entry, where its piece begins and the whole
 // file's length; ok is false for an ordinary entry.
@@ -49,10 +50,31 @@ type partFiles struct {
 type partFile struct {
 	f       outFile
 	size    int64
-	left    int64          // bytes not written yet
-	seen    map[int64]bool // offsets of the parts begun
-	writers int            // parts being written now
+	left    int64   // bytes no part has claimed yet
+	parts   extents // the parts begun
+	writers int     // parts being written now
 	failed  bool
+	done    bool // complete and committed: any further part is damage
+}
+
+// extents are the byte ranges of a file that parts claimed; no two may
+// overlap, so parts claiming size bytes of a size-byte file cover it.
+type extents []extent
+
+type extent struct{ off, n int64 }
+
+// claim adds [off, off+n), refusing an overlap with a range claimed before.
+func (e *extents) claim(off, n int64) error {
+	for _, x := range *e {
+		if off < x.off+x.n && x.off < off+n {
+			if off == x.off {
+				return fmt.Errorf("the part at offset %d is in the backup twice", off)
+			}
+			return fmt.Errorf("the part at offset %d (%d bytes) overlaps the one at %d (%d bytes)", off, n, x.off, x.n)
+		}
+	}
+	*e = append(*e, extent{off, n})
+	return nil
 }
 
 // begin registers the part at off, holding n bytes, of the file p of the
@@ -66,50 +88,60 @@ func (ps *partFiles) begin(dd *dataDir, p string, off, n, size int64) (*partFile
 		if err != nil {
 			return nil, err
 		}
-		pf = &partFile{f: f, size: size, left: size, seen: map[int64]bool{}}
+		pf = &partFile{f: f, size: size, left: size}
 		if ps.files == nil {
 			ps.files = map[string]*partFile{}
 		}
 		ps.files[p] = pf
 	}
 	switch {
+	case pf.done:
+		return nil, fmt.Errorf("%s is complete and another part of it follows: the backup is damaged", p)
 	case pf.failed:
 		return nil, fmt.Errorf("write %s: another part failed", p)
 	case pf.size != size:
 		return nil, fmt.Errorf("the parts of %s disagree on its length (%d, %d bytes): the backup is damaged", p, pf.size, size)
-	case pf.seen[off]:
-		return nil, fmt.Errorf("the part of %s at offset %d is in the backup twice: the backup is damaged", p, off)
 	case n > pf.left:
 		return nil, fmt.Errorf("the parts of %s hold more than its %d bytes: the backup is damaged", p, size)
 	}
-	pf.seen[off] = true
+	if err := pf.parts.claim(off, n); err != nil {
+		return nil, fmt.Errorf("%s: %w: the backup is damaged", p, err)
+	}
+	pf.left -= n
 	pf.writers++
 	return pf, nil
 }
 
 // end records a part written (wrote bytes, or failed with err); done is
 // true when it completed the file, which is then committed.
-func (ps *partFiles) end(dd *dataDir, p string, pf *partFile, wrote int64, err error) (done bool, _ error) {
+//
+// The parts claimed distinct ranges adding up to the file's length (begin),
+// so when none is left to claim and no writer is busy, every byte of the
+// file is written.
+func (ps *partFiles) end(dd *dataDir, p string, pf *partFile, err error) (done bool, _ error) {
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
 	pf.writers--
 	if err != nil {
 		pf.failed = true
-	} else {
-		pf.left -= wrote
 	}
 	if pf.failed {
 		if pf.writers == 0 && pf.f != nil {
 			dd.abort(pf.f)
 			pf.f = nil
 		}
+		ps.mu.Unlock()
 		return false, err
 	}
 	if pf.left > 0 || pf.writers > 0 {
+		ps.mu.Unlock()
 		return false, nil
 	}
-	delete(ps.files, p)
-	return true, dd.commit(pf.f, p)
+	pf.done = true
+	f := pf.f
+	pf.f = nil
+	ps.mu.Unlock()
+	// Outside the lock: the fsync queue may make it wait.
+	return true, dd.commit(f, p)
 }
 
 // incomplete closes the files still missing parts and names them; nil
@@ -123,7 +155,7 @@ func (ps *partFiles) incomplete(dd *dataDir) error {
 			dd.abort(pf.f)
 			pf.f = nil
 		}
-		if !pf.failed {
+		if !pf.failed && !pf.done {
 			names = append(names, p)
 		}
 	}
@@ -166,7 +198,7 @@ func (x *extractor) writePart(h *tar.Header, rel, target string, off, size int64
 	if err != nil {
 		err = fmt.Errorf("write %s at offset %d: %w", target, off, err)
 	}
-	done, err := x.parts.end(x.dd, target, pf, n, err)
+	done, err := x.parts.end(x.dd, target, pf, err)
 	if done && err == nil && x.wrote != nil {
 		x.wrote()
 	}

@@ -428,10 +428,13 @@ func (r *restorer) archive(ctx context.Context, obj basebackup.Object, root, oid
 		return fmt.Errorf("open %s: %w", obj.Key, err)
 	}
 	defer rd.Close()
-	x := &extractor{root: root, dd: r.dd, parts: &r.parts, wrote: func() {
+	x := &extractor{root: root, dd: r.dd, wrote: func() {
 		r.filesDone.Add(1)
 		r.report()
 	}}
+	if r.meta.Layout() >= basebackup.LayoutParts {
+		x.parts = &r.parts
+	}
 	if base {
 		x.hold = func(name string, content io.Reader) (bool, error) {
 			var dst *[]byte

@@ -36,7 +36,7 @@ var (
 	chunkSizeFlag = &cli.StringFlag{
 		Name:  "chunk-size",
 		Value: "128MB",
-		Usage: "most tar bytes in one archive chunk (one object; restore extracts chunks in parallel); a larger file is stored as parts of this size, each in a chunk of its own",
+		Usage: "most tar bytes in one archive chunk (one object; restore extracts chunks in parallel); a larger file is stored as parts (this size rounded down to whole MB), each starting a chunk",
 	}
 	walTimeoutFlag = &cli.DurationFlag{
 		Name:  "wal-timeout",
