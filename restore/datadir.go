@@ -164,6 +164,16 @@ func newDataDir(fsys fileSystem, own *owner, noSync bool) *dataDir {
 	return d
 }
 
+// stopWorkers ends the syncers once every file handed to them is done.
+func (d *dataDir) stopWorkers() {
+	if d.queue == nil {
+		return
+	}
+	close(d.queue)
+	d.wg.Wait()
+	d.queue = nil
+}
+
 func (d *dataDir) fail(err error, op, path string) {
 	if err == nil {
 		return
@@ -411,11 +421,7 @@ func (d *dataDir) prepareRoot(root string, what nonEmpty) error {
 // directory whose entries changed. Files committed later are fsynced at
 // once.
 func (d *dataDir) sync() error {
-	if d.queue != nil {
-		close(d.queue)
-		d.wg.Wait()
-		d.queue = nil
-	}
+	d.stopWorkers()
 	if err := d.failed(); err != nil {
 		return err
 	}
@@ -465,11 +471,7 @@ func (d *dataDir) writePGControl(target string, data []byte) error {
 // would have synced; errors are dropped (the restore already failed). The
 // writer can still write the failure note.
 func (d *dataDir) discard() {
-	if d.queue != nil {
-		close(d.queue)
-		d.wg.Wait()
-		d.queue = nil
-	}
+	d.stopWorkers()
 	d.mu.Lock()
 	d.err = nil
 	clear(d.dirty)

@@ -187,7 +187,7 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 			return err
 		}
 		buf := getCopyBuf()
-		n, err := io.CopyBuffer(f, r, *buf)
+		n, err := io.CopyBuffer(x.dd.newFileWriter(f, 0), r, *buf)
 		putCopyBuf(buf)
 		if err == nil && n != h.Size {
 			err = fmt.Errorf("%d bytes, archive says %d", n, h.Size)

@@ -190,7 +190,7 @@ func (x *extractor) writePart(h *tar.Header, rel, target string, off, size int64
 		return err
 	}
 	buf := getCopyBuf()
-	n, err := io.CopyBuffer(io.NewOffsetWriter(pf.f, off), r, *buf)
+	n, err := io.CopyBuffer(x.dd.newFileWriter(pf.f, off), r, *buf)
 	putCopyBuf(buf)
 	if err == nil && n != h.Size {
 		err = fmt.Errorf("%d bytes, archive says %d", n, h.Size)
@@ -213,3 +213,4 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 
 func getCopyBuf() *[]byte  { return copyBufs.Get().(*[]byte) }
 func putCopyBuf(b *[]byte) { copyBufs.Put(b) }
+

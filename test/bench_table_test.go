@@ -61,6 +61,7 @@ var benchRatios = []struct {
 	{"backup wall-s", "walkeeper-lz4", "pg_basebackup-client-lz4", 0.8, false},
 	{"restore wall-s", "walkeeper-zstd", "pgbackrest-process-max-2", 0.8, false},
 	{"restore wall-s", "walkeeper-parallel-1", "walkeeper-parallel-2", 1.6, true},
+	{"restore wall-s", "walkeeper-no-sync-parallel-1", "walkeeper-no-sync-parallel-2", 1.6, true},
 	{"backup wall-s", "pg_basebackup-server-zstd", "pg_basebackup-client-zstd", 0, false},
 	{"backup wall-s", "pg_basebackup-server-zstd-workers-2", "pg_basebackup-client-zstd", 0, false},
 	{"resync wall-s", "restore-delta-5%-newest", "full-restore-5%-newest", 0, false},
@@ -90,17 +91,19 @@ func printBenchTable(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\n%-60s %8s %8s %8s\n", "ratio", "after", "before", "goal")
 	for _, r := range benchRatios {
-		cell := func(num string) string {
+		cell := func(num, den string) string {
 			n, ok1 := benchValue(r.quantity, num)
-			d, ok2 := benchValue(r.quantity, r.den)
+			d, ok2 := benchValue(r.quantity, den)
 			if !ok1 || !ok2 || d == 0 {
 				return "-"
 			}
 			return fmt.Sprintf("%.2f", n/d)
 		}
 		before := "-"
-		if r.num != "walkeeper-parallel-1" && beforeName(r.num) != r.num {
-			before = cell(beforeName(r.num))
+		if beforeName(r.num) != r.num {
+			// walkeeper against walkeeper (scaling): the baseline's own
+			// ratio.
+			before = cell(beforeName(r.num), beforeName(r.den))
 		}
 		goal := "-"
 		if r.goal > 0 {
@@ -109,7 +112,7 @@ func printBenchTable(w io.Writer) {
 				goal = fmt.Sprintf("≥%.2f", r.goal)
 			}
 		}
-		fmt.Fprintf(w, "%-60s %8s %8s %8s\n", r.quantity+": "+r.num+" / "+r.den, cell(r.num), before, goal)
+		fmt.Fprintf(w, "%-60s %8s %8s %8s\n", r.quantity+": "+r.num+" / "+r.den, cell(r.num, r.den), before, goal)
 	}
 }
 

@@ -126,10 +126,12 @@ func BenchmarkStream1GB(b *testing.B) {
 // --compress=client-zstd and client-lz4, and pgBackRest (zst,
 // process-max 2) when it is installed, one after the other, and reports
 // wall time, CPU time, peak RSS and stored size of each. Then it restores:
-// walkeeper's zstd backup with --parallel 1, 2 and the default, the
-// baseline's with the baseline, and pgBackRest's with process-max 2, each
-// into an empty directory with every file fsynced (each tool's default),
-// `sync` (not timed) before each.
+// walkeeper's zstd backup with --parallel 1, 2 and the default, and with
+// --no-sync at --parallel 1 and 2 (core scaling with the disk out of the
+// way), the baseline's with the baseline (the same five), and pgBackRest's
+// with process-max 2, each into an empty directory with every file
+// fsynced (each tool's default, but for --no-sync), `sync` (not timed)
+// before each.
 //
 //	make bench   (or: go test -run '^$' -bench Backup1GB -benchtime 1x ./test/)
 func BenchmarkBackup1GB(b *testing.B) {
@@ -233,8 +235,19 @@ func BenchmarkBackup1GB(b *testing.B) {
 			{"walkeeper-zstd", walkeeperRestore(bin, repos["walkeeper-zstd"])},
 			{"walkeeper-zstd-age", walkeeperRestore(bin, repos["walkeeper-zstd-age"], "--identity-file", idFile)},
 		}
+		// The same without fsync: how the workers scale with cores when
+		// the disk is not the limit (with fsync, two workers restore at
+		// about this machine's disk bandwidth).
+		restores = append(restores,
+			job{"walkeeper-no-sync-parallel-1", walkeeperRestore(bin, repos["walkeeper-zstd"], "--parallel", "1", "--no-sync")},
+			job{"walkeeper-no-sync-parallel-2", walkeeperRestore(bin, repos["walkeeper-zstd"], "--parallel", "2", "--no-sync")})
 		if before != "" {
-			restores = append(restores, job{"walkeeper-before-zstd", walkeeperRestore(before, repos["walkeeper-before-zstd"])})
+			restores = append(restores,
+				job{"walkeeper-before-zstd", walkeeperRestore(before, repos["walkeeper-before-zstd"])},
+				job{"walkeeper-before-parallel-1", walkeeperRestore(before, repos["walkeeper-before-zstd"], "--parallel", "1")},
+				job{"walkeeper-before-parallel-2", walkeeperRestore(before, repos["walkeeper-before-zstd"], "--parallel", "2")},
+				job{"walkeeper-before-no-sync-parallel-1", walkeeperRestore(before, repos["walkeeper-before-zstd"], "--parallel", "1", "--no-sync")},
+				job{"walkeeper-before-no-sync-parallel-2", walkeeperRestore(before, repos["walkeeper-before-zstd"], "--parallel", "2", "--no-sync")})
 		}
 		if brConf != "" {
 			restores = append(restores, job{"pgbackrest-process-max-2", func(dir string) *exec.Cmd {
