@@ -94,8 +94,13 @@ type localObject struct {
 	tmp, path string
 	f         *os.File
 	n         int64
+	started   int64 // bytes whose writeback was started
 	err       error
 }
+
+// writebackAfter is how many bytes an object gets before the writeback of
+// what it holds is started (startWriteback).
+const writebackAfter = 8 << 20
 
 // create opens a new temporary file for key, making its directories.
 func (l *Local) create(ctx context.Context, key string) (*localObject, error) {
@@ -138,6 +143,10 @@ func (o *localObject) Write(p []byte) (int, error) {
 	if err != nil {
 		o.err = classify(fmt.Errorf("write %s: %w", o.key, err))
 		return n, o.err
+	}
+	if o.n-o.started >= writebackAfter {
+		startWriteback(o.f, o.started, o.n-o.started)
+		o.started = o.n
 	}
 	return n, nil
 }
