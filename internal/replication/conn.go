@@ -1,9 +1,11 @@
 package replication
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"strconv"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
@@ -65,6 +68,7 @@ func connect(ctx context.Context, dsn, appName string, timeout time.Duration, re
 	if repl {
 		cfg.RuntimeParams["replication"] = "true"
 		sessionAttrsFromStartup(cfg)
+		cfg.BuildFrontend = bufferedFrontend
 	} else if cfg.Database == "" {
 		cfg.Database = "postgres"
 	}
@@ -79,6 +83,18 @@ func connect(ctx context.Context, dsn, appName string, timeout time.Duration, re
 		return nil, Classify(err, "")
 	}
 	return conn, nil
+}
+
+// readBuffer is how much a replication connection reads from its socket at
+// once. pgproto3 reads with an 8 kB buffer, so every CopyData message of a
+// BASE_BACKUP (32 kB of tar) or of WAL (up to 128 kB) took several read
+// calls; with the buffer a read takes whatever the socket holds, up to
+// this. Memory: one buffer per replication connection.
+const readBuffer = 256 << 10
+
+// bufferedFrontend is pgproto3's frontend reading through a readBuffer.
+func bufferedFrontend(r io.Reader, w io.Writer) *pgproto3.Frontend {
+	return pgproto3.NewFrontend(bufio.NewReaderSize(r, readBuffer), w)
 }
 
 // System describes the server at the other end of a replication connection.
