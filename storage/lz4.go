@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/bits"
 	"sync"
+	"unsafe"
 )
 
 // walkeeper's own LZ4 frame writer. Objects stay standard LZ4 frames that
@@ -175,6 +176,18 @@ func lz4CompressBlock(src, dst []byte, table *[1 << lz4HashLog]uint32) int {
 	n := len(src)
 	di, anchor := 0, 0
 	if n >= lz4MatchLimit+1 {
+		// The search reads 4 bytes at si and at a candidate, the match
+		// extension 8 at end and end-offset, without bounds checks: si <
+		// sLimit, cand < si and end+8 <= mLimit keep every read inside
+		// src. These loops are where the encoder spends its time (the
+		// checked loads made it 1.7x slower on bulk-load WAL).
+		base := unsafe.Pointer(unsafe.SliceData(src))
+		load32 := func(i int) uint32 {
+			return binary.LittleEndian.Uint32(unsafe.Slice((*byte)(unsafe.Add(base, i)), 4))
+		}
+		load64 := func(i int) uint64 {
+			return binary.LittleEndian.Uint64(unsafe.Slice((*byte)(unsafe.Add(base, i)), 8))
+		}
 		sLimit := n - lz4MatchLimit // a match starts before this
 		mLimit := n - lz4LastLits   // and ends at or before this
 		si := 0
@@ -184,11 +197,11 @@ func lz4CompressBlock(src, dst []byte, table *[1 << lz4HashLog]uint32) int {
 			found := false
 			search := 1 << lz4SkipTrig
 			for si < sLimit {
-				seq := binary.LittleEndian.Uint32(src[si:])
+				seq := load32(si)
 				h := lz4Hash(seq)
 				cand := int(table[h]) - 1
 				table[h] = uint32(si + 1)
-				if cand >= 0 && si-cand <= lz4MaxOffset && binary.LittleEndian.Uint32(src[cand:]) == seq {
+				if cand >= 0 && si-cand <= lz4MaxOffset && load32(cand) == seq {
 					ref, found = cand, true
 					break
 				}
@@ -205,7 +218,7 @@ func lz4CompressBlock(src, dst []byte, table *[1 << lz4HashLog]uint32) int {
 			}
 			end := si + lz4MinMatch
 			for end+8 <= mLimit {
-				x := binary.LittleEndian.Uint64(src[end:]) ^ binary.LittleEndian.Uint64(src[end-(si-ref):])
+				x := load64(end) ^ load64(end-(si-ref))
 				if x != 0 {
 					end += bits.TrailingZeros64(x) >> 3
 					goto matched
@@ -216,13 +229,24 @@ func lz4CompressBlock(src, dst []byte, table *[1 << lz4HashLog]uint32) int {
 				end++
 			}
 		matched:
-			di = lz4Sequence(dst, di, src[anchor:si], si-ref, end-si)
+			if nl, m := si-anchor, end-si-lz4MinMatch; nl < 15 && m < 15 && di+17 <= len(dst) && anchor+16 <= n {
+				// The common short sequence, written here: token, up to
+				// 14 literals copied as two 8-byte words, offset.
+				dst[di] = byte(nl)<<4 | byte(m)
+				binary.LittleEndian.PutUint64(dst[di+1:], binary.LittleEndian.Uint64(src[anchor:]))
+				binary.LittleEndian.PutUint64(dst[di+9:], binary.LittleEndian.Uint64(src[anchor+8:]))
+				di += 1 + nl
+				dst[di], dst[di+1] = byte(si-ref), byte((si-ref)>>8)
+				di += 2
+			} else {
+				di = lz4Sequence(dst, di, src, anchor, si, si-ref, end-si)
+			}
 			si, anchor = end, end
 			if si >= sLimit {
 				break
 			}
 			// Remember a position inside the match for later searches.
-			table[lz4Hash(binary.LittleEndian.Uint32(src[si-2:]))] = uint32(si - 2 + 1)
+			table[lz4Hash(load32(si-2))] = uint32(si - 2 + 1)
 		}
 	}
 	// The last literals.
@@ -252,12 +276,24 @@ func lz4Length(dst []byte, di, lits int, ml byte) int {
 	}
 }
 
-// lz4Sequence writes literals then a match of length ml at offset off.
-func lz4Sequence(dst []byte, di int, lits []byte, off, ml int) int {
+// lz4Sequence writes the literals src[from:to] then a match of length ml
+// at offset off. Literals are copied 8 bytes at a time while dst has room
+// for the overshoot (src always has 8 bytes past a sequence's literals: a
+// match follows them): most runs are short, and a copy call per run cost
+// more than the bytes.
+func lz4Sequence(dst []byte, di int, src []byte, from, to, off, ml int) int {
 	m := ml - lz4MinMatch
 	nib := byte(min(m, 15))
-	di = lz4Length(dst, di, len(lits), nib)
-	di += copy(dst[di:], lits)
+	nlits := to - from
+	di = lz4Length(dst, di, nlits, nib)
+	if di+nlits+8 <= len(dst) {
+		for i := 0; i < nlits; i += 8 {
+			binary.LittleEndian.PutUint64(dst[di+i:], binary.LittleEndian.Uint64(src[from+i:]))
+		}
+		di += nlits
+	} else {
+		di += copy(dst[di:], src[from:to])
+	}
 	dst[di], dst[di+1] = byte(off), byte(off>>8)
 	di += 2
 	if m >= 15 {
