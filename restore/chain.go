@@ -309,6 +309,9 @@ func (r *restorer) memberChunk(ctx context.Context, m *basebackup.Meta, obj base
 			continue // not needed: the tar reader reads past it
 		}
 		off, total, isPart, err := partOf(h)
+		if err == nil && isPart && m.Layout() < basebackup.LayoutParts {
+			err = fmt.Errorf("%s is stored as parts in a backup whose layout has none: the backup is damaged", rel)
+		}
 		if err == nil && isPart && incremental {
 			err = fmt.Errorf("the INCREMENTAL file %s is stored as parts: the backup is damaged", rel)
 		}
