@@ -213,4 +213,3 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 
 func getCopyBuf() *[]byte  { return copyBufs.Get().(*[]byte) }
 func putCopyBuf(b *[]byte) { copyBufs.Put(b) }
-
