@@ -186,9 +186,9 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if err != nil {
 			return err
 		}
-		buf := getCopyBuf()
-		n, err := io.CopyBuffer(x.dd.newFileWriter(f, 0), r, *buf)
-		putCopyBuf(buf)
+		buf := writeBufs.Get().(*[]byte) // 1 MiB writes, not io.Copy's 32 kB
+		n, err := io.CopyBuffer(x.dd.newFileWriter(f, 0), r, (*buf)[:writeBufSize])
+		writeBufs.Put(buf)
 		if err == nil && n != h.Size {
 			err = fmt.Errorf("%d bytes, archive says %d", n, h.Size)
 		}

@@ -189,9 +189,9 @@ func (x *extractor) writePart(h *tar.Header, rel, target string, off, size int64
 	if err != nil {
 		return err
 	}
-	buf := getCopyBuf()
-	n, err := io.CopyBuffer(x.dd.newFileWriter(pf.f, off), r, *buf)
-	putCopyBuf(buf)
+	buf := writeBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(x.dd.newFileWriter(pf.f, off), r, (*buf)[:writeBufSize])
+	writeBufs.Put(buf)
 	if err == nil && n != h.Size {
 		err = fmt.Errorf("%d bytes, archive says %d", n, h.Size)
 	}
@@ -204,12 +204,3 @@ func (x *extractor) writePart(h *tar.Header, rel, target string, off, size int64
 	}
 	return err
 }
-
-// copyBufSize is the write size of extracted files: fewer, larger writes
-// than io.Copy's 32 kB.
-const copyBufSize = 256 << 10
-
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
-
-func getCopyBuf() *[]byte  { return copyBufs.Get().(*[]byte) }
-func putCopyBuf(b *[]byte) { copyBufs.Put(b) }

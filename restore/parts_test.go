@@ -433,9 +433,9 @@ func TestPartOf(t *testing.T) {
 	}
 }
 
-// partsBackup stores an archive_layout 3 backup whose file base/1/16384
+// partsBackup stores a backup (backup.json archive_layout layout) whose file base/1/16384
 // is in three parts, each starting a chunk; skip leaves one chunk out.
-func partsBackup(t *testing.T, repo *storage.Repository, id string, big []byte, skip string) {
+func partsBackup(t *testing.T, repo *storage.Repository, id string, big []byte, skip string, layout int) {
 	t.Helper()
 	type entry struct {
 		h    tar.Header
@@ -483,7 +483,7 @@ func partsBackup(t *testing.T, repo *storage.Repository, id string, big []byte, 
 	if err := repo.ReadJSON(context.Background(), storage.BackupMetaKey(id), &meta); err != nil {
 		t.Fatal(err)
 	}
-	meta.ArchiveLayout = basebackup.LayoutParts
+	meta.ArchiveLayout = layout
 	if err := repo.WriteJSON(context.Background(), storage.BackupMetaKey(id), meta); err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +497,7 @@ func TestRestoreFileStoredAsParts(t *testing.T) {
 	for _, parallel := range []int{1, 3} {
 		t.Run("parallel="+strconv.Itoa(parallel), func(t *testing.T) {
 			repo, _, ctx := archivetest.Repo(t)
-			partsBackup(t, repo, "20260101T000000Z", big, "")
+			partsBackup(t, repo, "20260101T000000Z", big, "", basebackup.LayoutParts)
 			target := filepath.Join(t.TempDir(), "data")
 			var files atomic.Int64
 			_, err := Run(ctx, Options{Repo: repo, TargetDir: target, Parallel: parallel,
@@ -525,16 +525,7 @@ func TestRestoreFileStoredAsParts(t *testing.T) {
 	t.Run("parts in layout 2", func(t *testing.T) {
 		// Layout 2 never has parts: such an entry is damage, not a file.
 		repo, _, ctx := archivetest.Repo(t)
-		id := "20260101T000000Z"
-		partsBackup(t, repo, id, big, "")
-		var meta basebackup.Meta
-		if err := repo.ReadJSON(ctx, storage.BackupMetaKey(id), &meta); err != nil {
-			t.Fatal(err)
-		}
-		meta.ArchiveLayout = basebackup.LayoutChunked
-		if err := repo.WriteJSON(ctx, storage.BackupMetaKey(id), meta); err != nil {
-			t.Fatal(err)
-		}
+		partsBackup(t, repo, "20260101T000000Z", big, "", basebackup.LayoutChunked)
 		_, err := Run(ctx, Options{Repo: repo, TargetDir: filepath.Join(t.TempDir(), "data"), Parallel: 2})
 		if err == nil || !strings.Contains(err.Error(), "whose layout has none") {
 			t.Fatalf("restore of parts in a layout 2 backup: %v", err)
@@ -542,16 +533,7 @@ func TestRestoreFileStoredAsParts(t *testing.T) {
 	})
 	t.Run("a newer layout", func(t *testing.T) {
 		repo, _, ctx := archivetest.Repo(t)
-		id := "20260101T000000Z"
-		partsBackup(t, repo, id, big, "")
-		var meta basebackup.Meta
-		if err := repo.ReadJSON(ctx, storage.BackupMetaKey(id), &meta); err != nil {
-			t.Fatal(err)
-		}
-		meta.ArchiveLayout = basebackup.LayoutNewest + 1
-		if err := repo.WriteJSON(ctx, storage.BackupMetaKey(id), meta); err != nil {
-			t.Fatal(err)
-		}
+		partsBackup(t, repo, "20260101T000000Z", big, "", basebackup.LayoutNewest+1)
 		target := filepath.Join(t.TempDir(), "data")
 		_, err := Run(ctx, Options{Repo: repo, TargetDir: target, Parallel: 2})
 		if err == nil || !strings.Contains(err.Error(), "newer walkeeper") {
@@ -563,7 +545,7 @@ func TestRestoreFileStoredAsParts(t *testing.T) {
 	})
 	t.Run("a part missing", func(t *testing.T) {
 		repo, _, ctx := archivetest.Repo(t)
-		partsBackup(t, repo, "20260101T000000Z", big, "base.00002.tar")
+		partsBackup(t, repo, "20260101T000000Z", big, "base.00002.tar", basebackup.LayoutParts)
 		target := filepath.Join(t.TempDir(), "data")
 		_, err := Run(ctx, Options{Repo: repo, TargetDir: target, Parallel: 3})
 		if err == nil || !strings.Contains(err.Error(), "lacks parts") || !strings.Contains(err.Error(), "16384") {

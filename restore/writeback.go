@@ -1,5 +1,11 @@
 package restore
 
+import (
+	"os"
+
+	"github.com/walkeeper/walkeeper/storage"
+)
+
 // Early writeback. Without it the page cache holds a restore's files until
 // the fsyncs, so the disk idles while the workers decompress and the
 // workers idle while the disk writes (on a 2-core machine with a 440 MB/s
@@ -34,7 +40,9 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	w.pos += int64(n)
 	if w.writeback && w.pos-w.start >= writebackAfter {
 		if cf, ok := w.f.(countedFile); ok {
-			startWriteback(cf.outFile, w.start, w.pos-w.start)
+			if f, ok := cf.outFile.(*os.File); ok {
+				storage.StartWriteback(f, w.start, w.pos-w.start)
+			}
 		}
 		w.start = w.pos
 	}

@@ -99,7 +99,7 @@ type localObject struct {
 }
 
 // writebackAfter is how many bytes an object gets before the writeback of
-// what it holds is started (startWriteback).
+// what it holds is started (StartWriteback).
 const writebackAfter = 8 << 20
 
 // create opens a new temporary file for key, making its directories.
@@ -145,7 +145,7 @@ func (o *localObject) Write(p []byte) (int, error) {
 		return n, o.err
 	}
 	if o.n-o.started >= writebackAfter {
-		startWriteback(o.f, o.started, o.n-o.started)
+		StartWriteback(o.f, o.started, o.n-o.started)
 		o.started = o.n
 	}
 	return n, nil

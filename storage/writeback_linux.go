@@ -6,11 +6,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startWriteback asks the kernel to begin writing [off, off+n) of f to the
+// StartWriteback asks the kernel to begin writing [off, off+n) of f to the
 // disk now, without waiting (sync_file_range SYNC_FILE_RANGE_WRITE), so
 // the fsync at commit has little left to do and the disk works while the
 // object is still being written. A hint: commit's fsync makes it durable.
-func startWriteback(f *os.File, off, n int64) {
+func StartWriteback(f *os.File, off, n int64) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return

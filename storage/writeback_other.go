@@ -4,5 +4,5 @@ package storage
 
 import "os"
 
-// startWriteback is a no-op where sync_file_range does not exist.
-func startWriteback(f *os.File, off, n int64) {}
+// StartWriteback is a no-op where sync_file_range does not exist.
+func StartWriteback(f *os.File, off, n int64) {}
