@@ -163,8 +163,12 @@ func (p *process) killGroup() error {
 	}
 }
 
+// errKilled is stop's error when the process had to be, and was, killed.
+var errKilled = errors.New("killed")
+
 // stop sends sig, waits up to timeout for a clean exit and falls back to
-// killGroup. It returns an error if the fallback was needed or failed.
+// killGroup. It returns an error if the fallback was needed (errKilled) or
+// failed.
 func (p *process) stop(sig syscall.Signal, timeout time.Duration) error {
 	if err := p.signal(sig); err != nil {
 		return errors.Join(fmt.Errorf("signal %v to %d: %w", sig, p.pid, err), p.killGroup())
@@ -172,7 +176,10 @@ func (p *process) stop(sig syscall.Signal, timeout time.Duration) error {
 	if p.wait(timeout) {
 		return nil
 	}
-	return errors.Join(fmt.Errorf("process %d did not exit within %v of %v; killed", p.pid, timeout, sig), p.killGroup())
+	if err := p.killGroup(); err != nil {
+		return fmt.Errorf("process %d did not exit within %v of %v, and killing it failed: %w", p.pid, timeout, sig, err)
+	}
+	return fmt.Errorf("process %d did not exit within %v of %v: %w", p.pid, timeout, sig, errKilled)
 }
 
 // procInfo is what the harness needs from /proc/PID/stat.

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -108,8 +109,16 @@ func StartS3(t testing.TB) *S3Server {
 	s.proc = p
 	t.Cleanup(func() {
 		// SIGTERM lets versitygw shut down; it is killed after a timeout.
-		if err := p.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+		// The gateway gives its own connections up to 10 s to finish (its
+		// shutDownDuration), so it gets longer than that. Needing the kill
+		// is logged, not failed: a gateway slow to close is no fault of
+		// the code under test, whose results are checked by then; failing
+		// to kill it is.
+		err := p.stop(syscall.SIGTERM, 20*time.Second)
+		if err != nil && !errors.Is(err, errKilled) {
 			t.Errorf("harness: stop versitygw: %v", err)
+		} else if err != nil {
+			t.Logf("harness: stop versitygw: %v", err)
 		}
 		if t.Failed() {
 			t.Logf("harness: last lines of %s:\n%s", s.logFile, tailFile(s.logFile, 40))
