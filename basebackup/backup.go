@@ -45,7 +45,8 @@ type Options struct {
 	// ConnectTimeout bounds connecting (default 10s).
 	ConnectTimeout time.Duration
 	// ChunkSize is the most tar bytes one chunk of a tablespace archive
-	// holds, unless one file alone is larger (default DefaultChunkSize).
+	// holds (default DefaultChunkSize, at least MinChunkSize); a larger
+	// file is stored as parts.
 	ChunkSize int64
 	// Progress, when set, is called as data arrives with the bytes sent so
 	// far and the server's estimate of the total.
@@ -77,8 +78,11 @@ func Run(ctx context.Context, opts Options) (*Meta, error) {
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 10 * time.Second
 	}
-	if opts.ChunkSize <= 0 {
+	if opts.ChunkSize == 0 {
 		opts.ChunkSize = DefaultChunkSize
+	}
+	if opts.ChunkSize < MinChunkSize {
+		return nil, fmt.Errorf("chunk size %d bytes is below the minimum of 1 MiB: raise it", opts.ChunkSize)
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()

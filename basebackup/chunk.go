@@ -42,6 +42,10 @@ const (
 	// DefaultChunkSize is the tar bytes a chunk holds at most, unless one
 	// file alone is larger.
 	DefaultChunkSize = 128 << 20
+	// MinChunkSize is the smallest chunk limit: a part holds whole MiB, so
+	// a smaller limit would still make 1 MiB parts, and a file such as
+	// global/pg_control must never be split.
+	MinChunkSize = 1 << 20
 )
 
 // ChunkName is the name of the seq'th chunk of the archive name

@@ -547,3 +547,15 @@ func TestSplitterPassesWriteErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestRunRefusesSmallChunks: a chunk limit below 1 MiB is refused before
+// anything connects or is written (a part holds whole MiB, and pg_control
+// must never be split).
+func TestRunRefusesSmallChunks(t *testing.T) {
+	for _, size := range []int64{-1, 4096, MinChunkSize - 1} {
+		_, err := Run(t.Context(), Options{DSN: "host=/nonexistent", ChunkSize: size})
+		if err == nil || !strings.Contains(err.Error(), "below the minimum of 1 MiB") {
+			t.Errorf("ChunkSize %d: %v", size, err)
+		}
+	}
+}

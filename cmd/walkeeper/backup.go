@@ -134,7 +134,7 @@ func takeBackup(c *cli.Context) (*basebackup.Meta, error) {
 		return nil, usagef("--wal must be auto, stream or include")
 	}
 	chunk, err := parseSize(c.String(chunkSizeFlag.Name))
-	if err != nil || chunk < 1<<20 {
+	if err != nil || chunk < basebackup.MinChunkSize {
 		return nil, usagef("--chunk-size must be a size of at least 1MB, e.g. 128MB")
 	}
 	if c.Int(maxChainFlag.Name) < 1 {
