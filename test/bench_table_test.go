@@ -62,6 +62,8 @@ var benchRatios = []struct {
 	{"restore wall-s", "walkeeper-zstd", "pgbackrest-process-max-2", 0.8, false},
 	{"restore wall-s", "walkeeper-parallel-1", "walkeeper-parallel-2", 1.6, true},
 	{"restore wall-s", "walkeeper-no-sync-parallel-1", "walkeeper-no-sync-parallel-2", 1.6, true},
+	{"backup wall-s", "walkeeper-zstd-s3", "walkeeper-zstd", 0, false},
+	{"restore wall-s", "walkeeper-zstd-s3", "walkeeper-zstd", 0, false},
 	{"backup wall-s", "pg_basebackup-server-zstd", "pg_basebackup-client-zstd", 0, false},
 	{"backup wall-s", "pg_basebackup-server-zstd-workers-2", "pg_basebackup-client-zstd", 0, false},
 	{"resync wall-s", "restore-delta-5%-newest", "full-restore-5%-newest", 0, false},

@@ -152,6 +152,8 @@ func BenchmarkBackup1GB(b *testing.B) {
 	b.Logf("database size: %s bytes", dbSize)
 	dbBytes, _ := strconv.ParseFloat(dbSize, 64)
 	pgbackrest, _ := exec.LookPath("pgbackrest")
+	s3srv := harness.StartS3(b)
+	s3env := append(s3srv.Env(), "WALKEEPER_S3_ENDPOINT="+s3srv.Endpoint, "WALKEEPER_S3_PATH_STYLE=true")
 	b.ResetTimer()
 	for range b.N {
 		type job struct {
@@ -173,6 +175,15 @@ func BenchmarkBackup1GB(b *testing.B) {
 			{"walkeeper-lz4", walkeeperBackup(bin, "lz4")},
 			{"walkeeper-zstd-age", walkeeperBackup(bin, "zstd", "--encrypt-to", recipient)},
 		}
+		// To S3 (Versity S3 Gateway on this machine, data on the same
+		// disk): the figure issue 13 compares with WAL-G's to S3.
+		s3url := "s3://" + s3srv.Bucket + "/bench"
+		backups = append(backups, job{"walkeeper-zstd-s3", func(string) *exec.Cmd {
+			cmd := walkeeperBackup(bin, "zstd")(s3url)
+			cmd.Env = append(cmd.Env, s3env...)
+			return cmd
+		}})
+		repos["walkeeper-zstd-s3"] = filepath.Join(s3srv.Dir, s3srv.Bucket)
 		if before != "" {
 			backups = append(backups, job{"walkeeper-before-zstd", walkeeperBackup(before, "zstd")},
 				job{"walkeeper-before-lz4", walkeeperBackup(before, "lz4")})
@@ -237,6 +248,11 @@ func BenchmarkBackup1GB(b *testing.B) {
 			{"walkeeper-parallel-2", walkeeperRestore(bin, repos["walkeeper-zstd"], "--parallel", "2")},
 			{"walkeeper-zstd", walkeeperRestore(bin, repos["walkeeper-zstd"])},
 			{"walkeeper-zstd-age", walkeeperRestore(bin, repos["walkeeper-zstd-age"], "--identity-file", idFile)},
+			{"walkeeper-zstd-s3", func(dir string) *exec.Cmd {
+				cmd := walkeeperRestore(bin, s3url)(dir)
+				cmd.Env = append(os.Environ(), s3env...)
+				return cmd
+			}},
 		}
 		// The same without fsync: how the workers scale with cores when
 		// the disk is not the limit (with fsync, two workers restore at
