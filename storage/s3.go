@@ -35,9 +35,12 @@ type S3Options struct {
 	// PathStyle addresses buckets as endpoint/bucket instead of bucket.endpoint.
 	PathStyle bool
 	// PartSize is the multipart part size (default 8 MiB, minimum 5 MiB).
-	// Memory used by one Put is about (Concurrency+1) × PartSize.
+	// Each Put holds one part buffer, and the backend's multipart
+	// uploads share Concurrency more: (Puts at once + Concurrency) ×
+	// PartSize in all.
 	PartSize int64
-	// Concurrency is how many parts of one object upload at once (default 4).
+	// Concurrency is how many parts of one object upload at once, and how
+	// many part buffers the backend's uploads share (default 4).
 	Concurrency int
 	// MaxAttempts is the number of tries per request, with exponential
 	// backoff and jitter between them (default 6).
@@ -61,9 +64,8 @@ const (
 type S3 struct {
 	client *s3.Client
 	opts   S3Options
-	// firstParts recycles first-part buffers: most objects (WAL segments,
-	// partials, history files) fit in one part and go up with one PutObject.
-	firstParts sync.Pool
+	// bufs holds the part buffers (see partPool).
+	bufs *partPool
 }
 
 // NewS3 builds a client from the AWS credential chain and opts. It makes no
@@ -128,7 +130,7 @@ func NewS3(ctx context.Context, opts S3Options) (*S3, error) {
 		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 	})
-	return &S3{client: client, opts: opts}, nil
+	return &S3{client: client, opts: opts, bufs: newPartPool(opts.PartSize, opts.Concurrency)}, nil
 }
 
 func (b *S3) String() string { return "s3://" + b.opts.Bucket + "/" + b.opts.Prefix }
@@ -178,8 +180,9 @@ func (b *S3) partSize(partNumber int) int64 {
 }
 
 // Put uploads small objects with one PutObject and larger ones as a
-// multipart upload with at most Concurrency parts in flight. Memory is
-// bounded by (Concurrency+1) part buffers. Any failure aborts the upload, so
+// multipart upload with at most Concurrency parts in flight. Memory is one
+// part buffer of its own plus its share of the backend's Concurrency shared
+// ones (partPool). Any failure aborts the upload, so
 // no object becomes visible.
 func (b *S3) Put(ctx context.Context, key string, r io.Reader) error {
 	k, err := b.key(key)
@@ -187,13 +190,10 @@ func (b *S3) Put(ctx context.Context, key string, r io.Reader) error {
 		return err
 	}
 	r = ctxReader{ctx: ctx, r: r}
-	first, _ := b.firstParts.Get().([]byte)
-	if int64(len(first)) != b.partSize(1) {
-		first = make([]byte, b.partSize(1))
-	}
+	first := b.bufs.get(b.partSize(1))
 	n, err := io.ReadFull(r, first)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		defer b.firstParts.Put(first)
+		defer b.bufs.put(first)
 		cctx, cancel := b.callCtx(ctx)
 		defer cancel()
 		_, err := b.client.PutObject(cctx, &s3.PutObjectInput{
@@ -205,9 +205,54 @@ func (b *S3) Put(ctx context.Context, key string, r io.Reader) error {
 		return classifyS3("upload", key, err)
 	}
 	if err != nil {
+		b.bufs.put(first)
 		return fmt.Errorf("upload %s: read: %w", key, err)
 	}
 	return b.multipart(ctx, key, k, r, first)
+}
+
+// partPool holds the part buffers of one S3 backend. Every upload owns one
+// buffer, its first part (most objects' only one: WAL segments, partials,
+// history files). The parts a multipart upload has in flight beyond that
+// one take a buffer of a budget of Concurrency shared by every upload of
+// the backend. Memory is therefore (uploads at once + Concurrency) ×
+// PartSize, not (Concurrency + 1) × PartSize per upload, and buffers are
+// reused from object to object instead of being allocated for each (which
+// let the heap of a backup to S3 grow to twice its live part buffers
+// between collections). An upload never needs the shared budget to make
+// progress: its own buffer comes back when its own part request ends.
+type partPool struct {
+	size   int64
+	idle   chan []byte   // buffers of size not in use
+	shared chan struct{} // one token per shared buffer in use
+}
+
+func newPartPool(size int64, shared int) *partPool {
+	return &partPool{size: size, idle: make(chan []byte, shared+4), shared: make(chan struct{}, shared)}
+}
+
+// get returns a buffer of n bytes, an idle one when n is the part size.
+func (p *partPool) get(n int64) []byte {
+	if n == p.size {
+		select {
+		case buf := <-p.idle:
+			return buf[:n]
+		default:
+		}
+	}
+	return make([]byte, n)
+}
+
+// put keeps buf for the next get, if it has the part size and the pool
+// has room.
+func (p *partPool) put(buf []byte) {
+	if int64(cap(buf)) != p.size {
+		return
+	}
+	select {
+	case p.idle <- buf[:cap(buf)]:
+	default:
+	}
 }
 
 func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []byte) (err error) {
@@ -258,9 +303,19 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 		mu.Unlock()
 		stop()
 	}
-	free := make(chan []byte, b.opts.Concurrency+1)
+	// own is this upload's own buffer when no part request holds it;
+	// parts in shared buffers give them back to b.bufs with their token.
+	own := make(chan []byte, 1)
+	defer func() {
+		// Every part goroutine has ended (wg.Wait below).
+		select {
+		case buf := <-own:
+			b.bufs.put(buf)
+		default:
+		}
+	}()
 	sem := make(chan struct{}, b.opts.Concurrency)
-	buf, last := first, false
+	buf, last, shared := first, false, false
 	for num := int32(1); ; num++ {
 		select {
 		case sem <- struct{}{}:
@@ -270,13 +325,15 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 			break
 		}
 		wg.Add(1)
-		go func(num int32, data []byte) {
+		go func(num int32, data []byte, shared bool) {
 			defer wg.Done()
 			defer func() {
 				<-sem
-				select {
-				case free <- data[:cap(data)]:
-				default:
+				if shared {
+					b.bufs.put(data)
+					<-b.bufs.shared
+				} else {
+					own <- data[:cap(data)]
 				}
 			}()
 			pctx, cancel := b.callCtx(uctx)
@@ -292,7 +349,7 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 			mu.Lock()
 			parts = append(parts, types.CompletedPart{ETag: res.ETag, PartNumber: aws.Int32(num)})
 			mu.Unlock()
-		}(num, buf)
+		}(num, buf, shared)
 		if last {
 			break
 		}
@@ -300,25 +357,41 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 			fail(Permanent(fmt.Errorf("upload %s: object exceeds %d parts: raise the S3 part size", key, maxParts)))
 			break
 		}
+		// The next part goes into the own buffer if no request holds it,
+		// else into a shared one, else whichever is free first.
 		size := b.partSize(int(num) + 1)
 		var next []byte
 		select {
-		case next = <-free:
-			if int64(cap(next)) < size {
-				next = nil
-			}
+		case next = <-own:
+			shared = false
 		default:
+			select {
+			case next = <-own:
+				shared = false
+			case b.bufs.shared <- struct{}{}:
+				next, shared = b.bufs.get(size), true
+			case <-uctx.Done():
+			}
 		}
 		if next == nil {
-			next = make([]byte, size)
+			break // failed or cancelled
+		}
+		if int64(cap(next)) < size {
+			next = make([]byte, size) // parts grow after 2000 of them
 		}
 		next = next[:size]
 		n, rerr := io.ReadFull(r, next)
-		if rerr == io.EOF {
-			break
-		}
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			fail(fmt.Errorf("upload %s: read: %w", key, rerr))
+			// Not sent: give the buffer back.
+			if shared {
+				b.bufs.put(next)
+				<-b.bufs.shared
+			} else {
+				own <- next[:cap(next)]
+			}
+			if rerr != io.EOF {
+				fail(fmt.Errorf("upload %s: read: %w", key, rerr))
+			}
 			break
 		}
 		buf, last = next[:n], rerr == io.ErrUnexpectedEOF

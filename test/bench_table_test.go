@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -115,6 +116,30 @@ func printBenchTable(w io.Writer) {
 			}
 		}
 		fmt.Fprintf(w, "%-60s %8s %8s %8s\n", r.quantity+": "+r.num+" / "+r.den, cell(r.num, r.den), before, goal)
+	}
+	// Issue 13's memory bound: the largest peak RSS of any walkeeper run
+	// of each command.
+	fmt.Fprintf(w, "\n%-60s %8s %8s %8s\n", "largest peak RSS (MB)", "after", "before", "goal")
+	for _, cmd := range []string{"stream", "backup", "restore"} {
+		worst := func(before bool) (string, string) {
+			v, tool := -1.0, ""
+			for _, k := range benchTable.rows {
+				q, t, _ := strings.Cut(k, "\x00")
+				if q != cmd+" peak-RSS-MB" || !strings.HasPrefix(t, "walkeeper") || strings.HasPrefix(t, "walkeeper-before") != before {
+					continue
+				}
+				if x := benchTable.value[k]; x > v {
+					v, tool = x, t
+				}
+			}
+			if tool == "" {
+				return "-", ""
+			}
+			return fmt.Sprintf("%.0f", v), tool
+		}
+		after, tool := worst(false)
+		before, _ := worst(true)
+		fmt.Fprintf(w, "%-60s %8s %8s %8s\n", cmd+" ("+tool+")", after, before, "≤150")
 	}
 }
 

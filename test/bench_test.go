@@ -108,6 +108,7 @@ func BenchmarkStream1GB(b *testing.B) {
 				benchRecord("stream stored/WAL", r.name, m.storedMB/walMB)
 				// Catch-up: the slot holds all the WAL when the tool starts.
 				benchRecord("stream catch-up-s", r.name, m.wall.Seconds())
+				benchRecord("stream peak-RSS-MB", r.name, m.rssMB)
 				b.ReportMetric(walMB/m.wall.Seconds(), "MB/s")
 				b.ReportMetric(m.cpu.Seconds()/(walMB/1000), "cpu-s/GB")
 				b.ReportMetric(m.rssMB, "peak-RSS-MB")

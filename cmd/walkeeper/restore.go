@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -168,6 +169,14 @@ func restoreAction(c *cli.Context) error {
 	if c.Int(parallelFlag.Name) < 0 {
 		return usagef("--parallel must be 1 or more (0: the number of CPUs)")
 	}
+	// About 16 MB a worker, on top of what every command needs: give the
+	// collector that much room, or it would work without end at the
+	// default limit on a machine with many cores.
+	workers := c.Int(parallelFlag.Name)
+	if workers == 0 {
+		workers = runtime.NumCPU() // as restore.Run
+	}
+	setMemoryLimit(max(defaultMemoryLimit, 64<<20+int64(workers)*(24<<20)))
 	opts := restore.Options{
 		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name), Delta: c.Bool(deltaFlag.Name),
 		Owner: c.String(ownerFlag.Name), TablespaceMap: tsMap, Parallel: c.Int(parallelFlag.Name),
