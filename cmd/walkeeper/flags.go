@@ -58,7 +58,7 @@ var (
 	s3PartSizeFlag = &cli.StringFlag{
 		Name:  "s3-part-size",
 		Value: "8MB",
-		Usage: "multipart upload part `SIZE` (min 5MB); memory per upload is about (concurrency+1) x SIZE",
+		Usage: "multipart upload part `SIZE` (min 5MB); upload memory is one SIZE buffer per object being uploaded plus --s3-concurrency shared ones",
 	}
 	encryptToFlag = &cli.StringFlag{
 		Name: "encrypt-to",
@@ -76,7 +76,7 @@ var (
 	s3ConcurrencyFlag = &cli.IntFlag{
 		Name:  "s3-concurrency",
 		Value: 4,
-		Usage: "parts of one object uploaded in parallel",
+		Usage: "parts of one object uploaded in parallel, and the part buffers all uploads share",
 	}
 )
 
