@@ -103,11 +103,18 @@ type Result struct {
 // FailedMarker is the file a failed restore leaves in the target directory.
 const FailedMarker = "WALKEEPER_RESTORE_FAILED"
 
+// Workers is how many chunks a restore with Options.Parallel = parallel
+// extracts at once: parallel, or the number of CPUs when it is 0 or less.
+func Workers(parallel int) int {
+	if parallel <= 0 {
+		return runtime.NumCPU()
+	}
+	return parallel
+}
+
 // Run restores a backup into opts.TargetDir.
 func Run(ctx context.Context, opts Options) (*Result, error) {
-	if opts.Parallel <= 0 {
-		opts.Parallel = runtime.NumCPU()
-	}
+	opts.Parallel = Workers(opts.Parallel)
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}

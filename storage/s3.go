@@ -314,6 +314,15 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 		default:
 		}
 	}()
+	// release gives back a part buffer no request holds any more.
+	release := func(data []byte, shared bool) {
+		if shared {
+			b.bufs.put(data)
+			<-b.bufs.shared
+		} else {
+			own <- data[:cap(data)]
+		}
+	}
 	sem := make(chan struct{}, b.opts.Concurrency)
 	buf, last, shared := first, false, false
 	for num := int32(1); ; num++ {
@@ -329,12 +338,7 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 			defer wg.Done()
 			defer func() {
 				<-sem
-				if shared {
-					b.bufs.put(data)
-					<-b.bufs.shared
-				} else {
-					own <- data[:cap(data)]
-				}
+				release(data, shared)
 			}()
 			pctx, cancel := b.callCtx(uctx)
 			defer cancel()
@@ -382,13 +386,7 @@ func (b *S3) multipart(ctx context.Context, key, k string, r io.Reader, first []
 		next = next[:size]
 		n, rerr := io.ReadFull(r, next)
 		if rerr != nil && rerr != io.ErrUnexpectedEOF {
-			// Not sent: give the buffer back.
-			if shared {
-				b.bufs.put(next)
-				<-b.bufs.shared
-			} else {
-				own <- next[:cap(next)]
-			}
+			release(next, shared) // not sent
 			if rerr != io.EOF {
 				fail(fmt.Errorf("upload %s: read: %w", key, rerr))
 			}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,10 +171,7 @@ func restoreAction(c *cli.Context) error {
 	// About 16 MB a worker, on top of what every command needs: give the
 	// collector that much room, or it would work without end at the
 	// default limit on a machine with many cores.
-	workers := c.Int(parallelFlag.Name)
-	if workers == 0 {
-		workers = runtime.NumCPU() // as restore.Run
-	}
+	workers := restore.Workers(c.Int(parallelFlag.Name))
 	setMemoryLimit(max(defaultMemoryLimit, 64<<20+int64(workers)*(24<<20)))
 	opts := restore.Options{
 		Repo: repo, TargetDir: dir, BackupID: c.String(backupIDFlag.Name), Force: c.Bool(forceFlag.Name), Delta: c.Bool(deltaFlag.Name),
