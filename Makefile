@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin/walkeeper
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test vet bench clean demo demo-replica demo-reads demo-stop
+.PHONY: build test vet bench clean demo demo-replica demo-writes demo-reads demo-stop
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/walkeeper
@@ -27,6 +27,9 @@ demo:
 
 demo-replica:
 	deploy/demo/demo.sh add-replica
+
+demo-writes:
+	deploy/demo/demo.sh writes
 
 demo-reads:
 	deploy/demo/demo.sh reads

@@ -1,15 +1,21 @@
 package test
 
 import (
+	"bufio"
 	"context"
+	"encoding/csv"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +47,9 @@ func TestMakeDemo(t *testing.T) {
 	}
 	stopped := false
 	t.Cleanup(func() {
+		if t.Failed() {
+			logDemoLogs(t, filepath.Join(dir, "logs"))
+		}
 		if !stopped {
 			c := exec.Command("../deploy/demo/demo.sh", "down")
 			c.Env = env
@@ -62,6 +71,30 @@ func TestMakeDemo(t *testing.T) {
 	if !strings.Contains(out, "Status               OK") {
 		t.Errorf("no walkeeper status report:\n%s", out)
 	}
+	// Every health agent stalls (as on an overloaded machine, where a check
+	// can time out twice in a row): HAProxy marks every server down and
+	// closes new connections. The demo's client retries; the agents resume
+	// once it has seen a failure, and the write gets through when the
+	// checks pass again (rise 2).
+	agents := demoAgentPIDs(t, dir)
+	signalAll(t, agents, syscall.SIGSTOP)
+	resumed := false
+	defer func() {
+		if !resumed {
+			signalAll(t, agents, syscall.SIGCONT)
+		}
+	}()
+	waitFor(t, time.Minute, "HAProxy to mark every server down", func() bool {
+		up, err := haproxyUpServers(base + 12)
+		return err == nil && len(up) == 0
+	})
+	out = runWatching(t, env, []string{"writes", "1"}, "failed; retrying", func() {
+		resumed = true
+		signalAll(t, agents, syscall.SIGCONT)
+	})
+	if !resumed || !strings.Contains(out, "landed on port "+primary+" (the primary)") {
+		t.Errorf("a write while the health checks were stalled, then resumed:\n%s", out)
+	}
 	out = run("add-replica")
 	if !strings.Contains(out, "replica3 is streaming from the primary") {
 		t.Errorf("add-replica:\n%s", out)
@@ -76,6 +109,121 @@ func TestMakeDemo(t *testing.T) {
 			c.Close()
 			t.Errorf("port %d still answers after demo.sh down", port)
 		}
+	}
+}
+
+// haproxyUpServers lists the servers HAProxy's stats CSV (on statsPort)
+// shows as UP, "backend/server", a server going down included.
+func haproxyUpServers(statsPort int) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/;csv", statsPort), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	cr := csv.NewReader(resp.Body)
+	cr.FieldsPerRecord = -1
+	rows, err := cr.ReadAll()
+	if err != nil {
+		return nil, err
+	}
+	var up []string
+	for _, r := range rows {
+		if len(r) > 17 && r[1] != "FRONTEND" && r[1] != "BACKEND" && strings.HasPrefix(r[17], "UP") {
+			up = append(up, r[0]+"/"+r[1])
+		}
+	}
+	return up, nil
+}
+
+// runWatching runs demo.sh ARGS and calls then() once, when a line of its
+// output contains marker.
+func runWatching(t *testing.T, env, args []string, marker string, then func()) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "../deploy/demo/demo.sh", args...)
+	cmd.Env = env
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(pr)
+		seen := false
+		for sc.Scan() {
+			out.WriteString(sc.Text() + "\n")
+			if !seen && strings.Contains(sc.Text(), marker) {
+				seen = true
+				then()
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	err := cmd.Wait()
+	pw.Close()
+	<-scanned
+	if err != nil {
+		t.Fatalf("demo.sh %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String()
+}
+
+// demoAgentPIDs reads the pids of the demo's health agents from its run
+// directory.
+func demoAgentPIDs(t *testing.T, dir string) []int {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "run", "health-*.pid"))
+	var pids []int
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		pids = append(pids, pid)
+	}
+	if len(pids) != 3 {
+		t.Fatalf("%d health agents running, want 3 (primary and two replicas)", len(pids))
+	}
+	return pids
+}
+
+func signalAll(t *testing.T, pids []int, sig syscall.Signal) {
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil {
+			t.Errorf("signal %v to health agent %d: %v", sig, pid, err)
+		}
+	}
+}
+
+// logDemoLogs puts the tail of every log the demo wrote into the test
+// log: the directory goes with the test, and a failure under load (a health
+// check timing out, a server refusing) is only explained there.
+func logDemoLogs(t *testing.T, dir string) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		t.Logf("--- %s (last %d lines)\n%s", filepath.Base(f), len(lines), strings.Join(lines, "\n"))
 	}
 }
 

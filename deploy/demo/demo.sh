@@ -7,6 +7,7 @@
 #
 #   deploy/demo/demo.sh up            start it all (make demo)
 #   deploy/demo/demo.sh add-replica   seed one more replica from the repository (make demo-replica)
+#   deploy/demo/demo.sh writes [N]    N writes through the write port, showing who took them
 #   deploy/demo/demo.sh reads [N]     N reads through the read port, showing who answered
 #   deploy/demo/demo.sh down          stop everything, keep $DEMO_DIR (make demo-stop)
 #
@@ -96,6 +97,23 @@ psql_at() { # port sql...
 	"$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$*"
 }
 
+# psql_through WHAT PORT SQL runs SQL through an HAProxy port, retrying for
+# up to 10 s as a client would: on a loaded machine a health check can time
+# out twice in a row, HAProxy then marks the server down and closes or
+# refuses its connections until two checks pass again (rise 2, inter 1s).
+# A write retried after its connection closed may have committed already:
+# the demo's statements tolerate that (IF NOT EXISTS; a repeated INSERT
+# only adds a row).
+psql_through() {
+	local what=$1 port=$2 sql=$3 try
+	for try in $(seq 1 10); do
+		psql_at "$port" "$sql" && return 0
+		[ "$try" = 10 ] && die "$what failed ten times through port $port (logs in $DEMO_DIR/logs)"
+		echo "$what: the connection through port $port failed; retrying"
+		sleep 1
+	done
+}
+
 wait_for() { # description, seconds, command...
 	local what=$1 secs=$2
 	shift 2
@@ -121,6 +139,13 @@ haproxy_up() {
 # 3.1), so a write right after start could reach a replica.
 writes_settled() {
 	[ "$(haproxy_up pg_primary | tr '\n' ' ')" = "primary " ]
+}
+
+# reads_settled: exactly the two replicas are UP in the read backend (the
+# same 2.6 start-up: a node that does not exist yet, replica3, counts as up
+# until its checks fail, and a read sent to it is closed).
+reads_settled() {
+	[ "$(haproxy_up pg_replicas | tr '\n' ' ')" = "replica1 replica2 " ]
 }
 
 start_health() { # node
@@ -187,13 +212,9 @@ up() {
 	haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
 	haproxy -D -f "$DEMO_DIR/haproxy.cfg" -p "$DEMO_DIR/run/haproxy.pid"
 	wait_for "HAProxy to send writes to the primary only" 60 writes_settled
-	wait_for "HAProxy to see a healthy replica" 60 sh -c "'$PGBIN/psql' -X -At -h 127.0.0.1 -p $READ_PORT -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' | grep -q t"
+	wait_for "HAProxy to send reads to the two replicas only" 60 reads_settled
 
-	say "writes through the write port ($WRITE_PORT)"
-	psql_at "$WRITE_PORT" "CREATE TABLE demo (id serial PRIMARY KEY, note text, at timestamptz DEFAULT now())"
-	for i in 1 2 3; do
-		psql_at "$WRITE_PORT" "INSERT INTO demo (note) VALUES ('write $i') RETURNING 'write $i landed on port ' || inet_server_port() || CASE WHEN pg_is_in_recovery() THEN ' (a replica?!)' ELSE ' (the primary)' END"
-	done
+	writes 3
 	reads 6
 
 	say "walkeeper status"
@@ -243,19 +264,21 @@ add_replica() {
 	die "all $MAX_REPLICAS replica slots of the HAProxy config are in use"
 }
 
+writes() {
+	local count=${1:-3} i
+	say "writes through the write port ($WRITE_PORT)"
+	psql_through "create the table" "$WRITE_PORT" "CREATE TABLE IF NOT EXISTS demo (id serial PRIMARY KEY, note text, at timestamptz DEFAULT now())"
+	for i in $(seq 1 "$count"); do
+		psql_through "write $i" "$WRITE_PORT" "INSERT INTO demo (note) VALUES ('write $i') RETURNING 'write $i landed on port ' || inet_server_port() || CASE WHEN pg_is_in_recovery() THEN ' (a replica?!)' ELSE ' (the primary)' END"
+	done
+}
+
 reads() {
 	local count=${1:-6}
 	say "reads through the read port ($READ_PORT): who answered?"
-	local i try
+	local i
 	for i in $(seq 1 "$count"); do
-		# A connection HAProxy closes (a server's check changed state just
-		# then, e.g. on a loaded machine) is retried, as a client would.
-		for try in 1 2 3; do
-			psql_at "$READ_PORT" "SELECT 'read $i answered by port ' || inet_server_port() || CASE WHEN pg_is_in_recovery() THEN ' (replica)' ELSE ' (primary, as fallback)' END || ', demo rows: ' || (SELECT count(*) FROM demo)" && break
-			[ "$try" = 3 ] && die "read $i failed three times through the read port"
-			echo "read $i: the connection failed; retrying"
-			sleep 1
-		done
+		psql_through "read $i" "$READ_PORT" "SELECT 'read $i answered by port ' || inet_server_port() || CASE WHEN pg_is_in_recovery() THEN ' (replica)' ELSE ' (primary, as fallback)' END || ', demo rows: ' || (SELECT count(*) FROM demo)"
 	done
 }
 
@@ -274,7 +297,8 @@ down() {
 case "${1:-}" in
 up) up ;;
 add-replica) add_replica ;;
+writes) writes "${2:-3}" ;;
 reads) reads "${2:-6}" ;;
 down) down ;;
-*) die "usage: $0 up|add-replica|reads [N]|down" ;;
+*) die "usage: $0 up|add-replica|writes [N]|reads [N]|down" ;;
 esac
