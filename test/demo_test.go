@@ -3,12 +3,10 @@ package test
 import (
 	"bufio"
 	"context"
-	"encoding/csv"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,15 +33,7 @@ func TestMakeDemo(t *testing.T) {
 	env := append(os.Environ(), "DEMO_DIR="+dir, fmt.Sprintf("DEMO_BASE_PORT=%d", base), "PGBIN="+harness.PGBinDir())
 	run := func(args ...string) string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "../deploy/demo/demo.sh", args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("demo.sh %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
+		return runDemo(t, env, args, "", nil)
 	}
 	stopped := false
 	t.Cleanup(func() {
@@ -85,10 +75,18 @@ func TestMakeDemo(t *testing.T) {
 		}
 	}()
 	waitFor(t, time.Minute, "HAProxy to mark every server down", func() bool {
-		up, err := haproxyUpServers(base + 12)
-		return err == nil && len(up) == 0
+		st, err := haproxyStatus(base + 12)
+		if err != nil {
+			return false
+		}
+		for k, v := range st {
+			if !strings.HasSuffix(k, "/FRONTEND") && !strings.HasSuffix(k, "/BACKEND") && strings.HasPrefix(v, "UP") {
+				return false
+			}
+		}
+		return true
 	})
-	out = runWatching(t, env, []string{"writes", "1"}, "failed; retrying", func() {
+	out = runDemo(t, env, []string{"writes", "1"}, "failed; retrying", func() {
 		resumed = true
 		signalAll(t, agents, syscall.SIGCONT)
 	})
@@ -112,38 +110,10 @@ func TestMakeDemo(t *testing.T) {
 	}
 }
 
-// haproxyUpServers lists the servers HAProxy's stats CSV (on statsPort)
-// shows as UP, "backend/server", a server going down included.
-func haproxyUpServers(statsPort int) ([]string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/;csv", statsPort), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	cr := csv.NewReader(resp.Body)
-	cr.FieldsPerRecord = -1
-	rows, err := cr.ReadAll()
-	if err != nil {
-		return nil, err
-	}
-	var up []string
-	for _, r := range rows {
-		if len(r) > 17 && r[1] != "FRONTEND" && r[1] != "BACKEND" && strings.HasPrefix(r[17], "UP") {
-			up = append(up, r[0]+"/"+r[1])
-		}
-	}
-	return up, nil
-}
-
-// runWatching runs demo.sh ARGS and calls then() once, when a line of its
-// output contains marker.
-func runWatching(t *testing.T, env, args []string, marker string, then func()) string {
+// runDemo runs demo.sh ARGS, fails the test if it fails, and returns its
+// output; with a marker, it calls then() once, when a line of the output
+// contains it.
+func runDemo(t *testing.T, env, args []string, marker string, then func()) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -162,7 +132,7 @@ func runWatching(t *testing.T, env, args []string, marker string, then func()) s
 		seen := false
 		for sc.Scan() {
 			out.WriteString(sc.Text() + "\n")
-			if !seen && strings.Contains(sc.Text(), marker) {
+			if !seen && marker != "" && strings.Contains(sc.Text(), marker) {
 				seen = true
 				then()
 			}

@@ -38,17 +38,31 @@ type haSetup struct {
 // serverStatus reads one server's status (UP, DOWN, "UP 1/2", ...) from
 // HAProxy's stats CSV.
 func (s *haSetup) serverStatus(backend, server string) string {
-	client := http.Client{Timeout: 2 * time.Second}
-	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/;csv", s.statsPort))
+	st, err := haproxyStatus(s.statsPort)
 	if err != nil {
 		return "stats: " + err.Error()
+	}
+	if v, ok := st[backend+"/"+server]; ok {
+		return v
+	}
+	return "stats: no row for " + backend + "/" + server
+}
+
+// haproxyStatus reads every row's status (UP, DOWN, "UP 1/2", ...) from
+// HAProxy's stats CSV on statsPort, keyed "backend/server" (the FRONTEND
+// and BACKEND rows included, under those names).
+func haproxyStatus(statsPort int) (map[string]string, error) {
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/;csv", statsPort))
+	if err != nil {
+		return nil, err
 	}
 	defer resp.Body.Close()
 	r := csv.NewReader(resp.Body)
 	r.FieldsPerRecord = -1
 	rows, err := r.ReadAll()
 	if err != nil || len(rows) == 0 {
-		return fmt.Sprintf("stats: %v", err)
+		return nil, fmt.Errorf("stats CSV: %v", err)
 	}
 	col := -1
 	for i, h := range rows[0] {
@@ -56,12 +70,13 @@ func (s *haSetup) serverStatus(backend, server string) string {
 			col = i
 		}
 	}
+	st := map[string]string{}
 	for _, row := range rows[1:] {
-		if col >= 0 && len(row) > col && row[0] == backend && row[1] == server {
-			return row[col]
+		if col >= 0 && len(row) > col && len(row) > 1 {
+			st[row[0]+"/"+row[1]] = row[col]
 		}
 	}
-	return "stats: no row for " + backend + "/" + server
+	return st, nil
 }
 
 // waitStatus waits until HAProxy shows every named server of backend in

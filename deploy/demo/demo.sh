@@ -134,18 +134,14 @@ haproxy_up() {
 	exec 3<&-
 }
 
-# writes_settled: only the primary is UP in the write backend. Until its
-# first checks HAProxy 2.6 counts every server as up (init-state arrived in
-# 3.1), so a write right after start could reach a replica.
-writes_settled() {
-	[ "$(haproxy_up pg_primary | tr '\n' ' ')" = "primary " ]
-}
-
-# reads_settled: exactly the two replicas are UP in the read backend (the
-# same 2.6 start-up: a node that does not exist yet, replica3, counts as up
-# until its checks fail, and a read sent to it is closed).
-reads_settled() {
-	[ "$(haproxy_up pg_replicas | tr '\n' ' ')" = "replica1 replica2 " ]
+# only_up BACKEND SERVER...: exactly these servers are UP in BACKEND. Until
+# its first checks HAProxy 2.6 counts every server as up (init-state arrived
+# in 3.1), so right after start a write could reach a replica, and a read
+# replica3, which does not exist yet.
+only_up() {
+	local be=$1
+	shift
+	[ "$(haproxy_up "$be" | tr '\n' ' ')" = "$* " ]
 }
 
 start_health() { # node
@@ -211,8 +207,8 @@ up() {
 		--stats-port "$STATS_PORT" --max-lag 16MB --check-interval 1s >"$DEMO_DIR/haproxy.cfg"
 	haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
 	haproxy -D -f "$DEMO_DIR/haproxy.cfg" -p "$DEMO_DIR/run/haproxy.pid"
-	wait_for "HAProxy to send writes to the primary only" 60 writes_settled
-	wait_for "HAProxy to send reads to the two replicas only" 60 reads_settled
+	wait_for "HAProxy to send writes to the primary only" 60 only_up pg_primary primary
+	wait_for "HAProxy to send reads to the two replicas only" 60 only_up pg_replicas replica1 replica2
 
 	writes 3
 	reads 6
